@@ -1,0 +1,1 @@
+"""Command-line flags of keras-kd: defined and validated once here, turned into a Config."""

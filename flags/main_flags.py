@@ -1,0 +1,120 @@
+"""Flags of `python main.py`: definitions, validation, presets, and the Config they make."""
+from __future__ import annotations
+
+from absl import flags
+
+from flags.presets import PRESETS
+from keras_kd.config import Config
+from keras_kd.distill.losses import TARGETS
+
+TASK_NAMES = ("classify", "align", "verify")
+D = Config()  # defaults when neither a preset nor the command line sets a flag
+
+flags.DEFINE_enum("task", "classify", TASK_NAMES, "Experiment to run.")
+flags.DEFINE_enum("mode", "train", ["train"], "train: train (or reuse) every stage, then write results.")
+flags.DEFINE_string("data", "synthetic", "'synthetic' (generated, no download) or a directory of "
+                    "converted TFRecords (python -m keras_kd.data.convert).")
+flags.DEFINE_string("cls_data", "", "Data of the classification stages that align/verify start from "
+                    "(default: --data).")
+flags.DEFINE_string("model_dir", "runs", "Where stages, results and logs go; finished stages are reused.")
+flags.DEFINE_enum("preset", "quick", list(PRESETS), "Named bundle of defaults: " + ", ".join(PRESETS))
+flags.DEFINE_integer("seed", 0, "Random seed (weights init, shuffling, augmentation).", lower_bound=0)
+flags.DEFINE_bool("overwrite", False, "Retrain stages even when saved ones exist.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+                     lower_bound=0, upper_bound=2)
+
+flags.DEFINE_list("students", None, "Student width divisors (channels ÷ d), e.g. 2,4,8.")
+flags.DEFINE_integer("image_size", None, "Input crop size (crops of images resized by 256/224).", lower_bound=32)
+flags.DEFINE_integer("embedding_dim", 0, "Project K to this size for verification (0: use K as is).",
+                     lower_bound=0)
+
+flags.DEFINE_integer("batch_size", None, "Global batch of classification stages.", lower_bound=1)
+flags.DEFINE_integer("align_batch_size", None, "Global batch of alignment stages.", lower_bound=1)
+flags.DEFINE_integer("ids_per_batch", None, "Verification batches: P identities ...", lower_bound=2)
+flags.DEFINE_integer("images_per_id", None, "... × K images each.", lower_bound=2)
+flags.DEFINE_float("lr_scratch", None, "Learning rate of networks trained from scratch.", lower_bound=0)
+flags.DEFINE_float("lr_init", None, "Learning rate of initialized networks.", lower_bound=0)
+flags.DEFINE_integer("lr_decay_epochs", None, "Step decay every this many epochs.", lower_bound=1)
+flags.DEFINE_float("lr_decay_factor", None, "Multiplier of each step decay.", lower_bound=0)
+flags.DEFINE_float("momentum", None, "Nesterov momentum.", lower_bound=0)
+flags.DEFINE_float("weight_decay", None, "Decoupled weight decay of SGD (0: none).", lower_bound=0)
+for _name, _what in [("teacher", "the classification teacher"), ("student", "classification students"),
+                     ("fitnet", "FitNet hint pre-training"), ("transfer", "align/verify teacher and students"),
+                     ("pretrain", "align/verify Pretrain students")]:
+    flags.DEFINE_integer(f"{_name}_epochs", None, f"Epochs of {_what}.", lower_bound=1)
+flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.", lower_bound=1)
+
+flags.DEFINE_float("temperature", None, "Soft-target temperature τ.", lower_bound=0.01)
+flags.DEFINE_bool("tau2", None, "Scale the soft-target loss by τ² (Hinton); the paper does not.")
+flags.DEFINE_float("alpha", 1.0, "Weight of the classification distillation target.", lower_bound=0)
+flags.DEFINE_multi_enum("cls_inits", ["label", "scratch", "fitnet"], ["label", "scratch", "fitnet"],
+                        "Classification students: label = all layers initialized (the paper's), "
+                        "scratch, fitnet.")
+flags.DEFINE_list("scratch_targets", ["soft"], "Targets of students distilled from scratch (Table 1): "
+                  "soft, logits, hidden.")
+flags.DEFINE_list("transfer_inits", ["pretrain", "distill"], "Alignment/verification student inits.")
+flags.DEFINE_list("ab_grid", None, "α:β pairs of the transfer loss (soft-target weight : hidden weight).")
+flags.DEFINE_float("margin", None, "Triplet margin λ.", lower_bound=0)
+flags.DEFINE_enum("mining", "batch_hard", ["batch_hard", "semi_hard"], "Triplet mining inside the batch.")
+flags.DEFINE_list("verify_softmax", None, "Verification variants: off (triplet only), on (+ softmax).")
+
+flags.DEFINE_integer("synthetic_identities", None, "Synthetic data: identities.", lower_bound=2)
+flags.DEFINE_integer("synthetic_images", None, "Synthetic data: images per identity.", lower_bound=2)
+flags.DEFINE_integer("synthetic_size", None, "Synthetic data: image size in pixels.", lower_bound=32)
+
+
+def _positive_ints(values):
+    return values is None or all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+def _ab_pairs(values):
+    try:
+        return values is None or all(len(_split_ab(v)) == 2 for v in values)
+    except ValueError:
+        return False
+
+
+def _split_ab(v: str):
+    a, b = v.split(":")
+    return float(a), float(b)
+
+
+flags.register_validator("students", _positive_ints, "--students: positive integers, e.g. 2,4,8")
+flags.register_validator("ab_grid", _ab_pairs, "--ab_grid: α:β pairs of numbers, e.g. 0:0,0:1,1:0")
+flags.register_validator("scratch_targets", lambda v: set(v) <= {"soft", "logits", "hidden"},
+                         "--scratch_targets: any of soft, logits, hidden")
+flags.register_validator("transfer_inits", lambda v: bool(v) and set(v) <= {"pretrain", "distill"},
+                         "--transfer_inits: any of pretrain, distill")
+flags.register_validator("verify_softmax", lambda v: v is None or (bool(v) and set(v) <= {"off", "on"}),
+                         "--verify_softmax: any of off, on")
+assert set(TARGETS) >= {"soft", "logits", "hidden"}
+
+
+def apply_preset(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Fills every flag not given explicitly from the preset (then from Config's defaults)."""
+    for name, value in PRESETS[fv.preset].items():
+        if not fv[name].present:
+            fv[name].value = value
+
+
+def to_config(fv: flags.FlagValues = flags.FLAGS) -> Config:
+    apply_preset(fv)
+    kw = {}
+    for field in Config.__dataclass_fields__:
+        if field not in fv:
+            continue
+        value = fv[field].value
+        if value is None:
+            continue
+        if field == "students":
+            value = tuple(int(v) for v in value)
+        elif field == "ab_grid":
+            value = tuple(_split_ab(v) for v in value)
+        elif field == "verify_softmax":
+            value = tuple(v == "on" for v in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kw[field] = value
+    return Config(**kw)

@@ -1,0 +1,67 @@
+"""Config: every hyper-parameter of a run in one frozen dataclass.
+
+`flags/` builds it from absl flags (with presets); library code takes a Config and never reads flags, so
+it is testable and usable from Python without a command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: str = "classify"
+    mode: str = "train"
+    data: str = "synthetic"
+    cls_data: str = ""                     # data of the classification stages; "" = same as data
+    eval_data: str = ""
+    model_dir: str = "runs"
+    preset: str = "quick"
+    seed: int = 0
+    overwrite: bool = False
+    strategy: str = "auto"
+    verbose: int = 1
+
+    # models
+    students: Tuple[int, ...] = (2, 4, 8)
+    image_size: int = 48
+    embedding_dim: int = 0
+
+    # optimisation (Nesterov SGD with step decay, as the paper)
+    batch_size: int = 32                   # classification (global batch)
+    align_batch_size: int = 32
+    ids_per_batch: int = 8                 # verification: P identities × K images per batch
+    images_per_id: int = 4
+    lr_scratch: float = 0.1
+    lr_init: float = 0.01
+    lr_decay_epochs: int = 30
+    lr_decay_factor: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    teacher_epochs: int = 8
+    student_epochs: int = 6
+    fitnet_epochs: int = 2
+    transfer_epochs: int = 5
+    pretrain_epochs: int = 5
+    steps_per_execution: int = 1
+
+    # distillation
+    temperature: float = 3.0
+    tau2: bool = False
+    alpha: float = 1.0                     # weight of the classification KD target
+    cls_inits: Tuple[str, ...] = ("label", "scratch", "fitnet")
+    scratch_targets: Tuple[str, ...] = ("soft",)
+    transfer_inits: Tuple[str, ...] = ("pretrain", "distill")
+    ab_grid: Tuple[Tuple[float, float], ...] = ((0, 0), (0, 1), (1, 0))
+    margin: float = 0.4
+    mining: str = "batch_hard"
+    verify_softmax: Tuple[bool, ...] = (False, True)
+
+    # synthetic data
+    synthetic_identities: int = 40
+    synthetic_images: int = 50
+    synthetic_size: int = 64
+
+    def replace(self, **kw) -> "Config":
+        return dataclasses.replace(self, **kw)

@@ -1,0 +1,136 @@
+"""tf.data input: TFRecord shards → parse → decode → augment → batch → prefetch.
+
+Batches are `(images, targets)`: images float32 [B, S, S, 3] in [0, 1] (the models start with batch
+normalization, as the paper, so no mean subtraction here); targets a dict with "label" int32 [B],
+"landmarks" float32 [B, 5, 2] in crop-normalized (x, y) ∈ [0, 1], and "has_landmarks" bool [B]; evaluation batches also carry "source" (file names).
+
+Landmark coordinates are continuous: pixel i spans [i, i + 1), so resizing scales them and a horizontal
+flip maps x → W − x (then left/right points swap).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+from keras_kd.data.example import NUM_LANDMARKS, DataError, parse_example, shard_paths
+from keras_kd.keras import tf
+
+# Mirroring an image swaps left and right: eyes (0, 1) and mouth corners (3, 4); the nose (2) stays.
+FLIP_PERMUTATION = (1, 0, 2, 4, 3)
+# The paper resizes to 256 and crops 224; other input sizes keep that proportion.
+CROP_RATIO = 224 / 256
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    image_size: int
+    batch_size: int                       # global batch; divided among replicas by input_context
+    augment: bool = True                  # random crop + flip (training only)
+    flip: bool = True
+    cache: bool = True                    # keep decoded, resized images in memory (small sets)
+    shuffle_buffer: int = 4096
+    seed: int = 0
+    pk: Optional[Tuple[int, int]] = None  # (P identities, K images each) per batch, for triplet mining
+
+    @property
+    def resize_size(self) -> int:
+        return int(round(self.image_size / CROP_RATIO))
+
+
+def flip_landmarks(points, width):
+    """Mirror (x, y) points of an image of `width` and swap left/right; points [..., 5, 2]."""
+    x, y = points[..., 0], points[..., 1]
+    mirrored = tf.stack([tf.cast(width, points.dtype) - x, y], axis=-1)
+    return tf.gather(mirrored, FLIP_PERMUTATION, axis=-2)
+
+
+def _decode(rec, resize: int):
+    """Decode and resize the whole image to resize×resize; landmarks follow in pixel units."""
+    image = tf.io.decode_image(rec["image"], channels=3, expand_animations=False)
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    image = tf.image.resize(image, [resize, resize], antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    scale = tf.stack([resize / w, resize / h])
+    return {"image": image, "label": tf.cast(rec["label"], tf.int32),
+            "landmarks": rec["landmarks"] * scale, "has_landmarks": rec["has_landmarks"],
+            "source": rec["source"]}
+
+
+def _crop_flip(ex, cfg: InputConfig, training: bool):
+    size, resize = cfg.image_size, cfg.resize_size
+    image, points = ex["image"], ex["landmarks"]
+    if training and cfg.augment:
+        off = tf.random.uniform([2], 0, resize - size + 1, dtype=tf.int32)
+    else:
+        off = tf.fill([2], (resize - size) // 2)
+    image = tf.image.crop_to_bounding_box(image, off[0], off[1], size, size)
+    points = points - tf.cast(tf.stack([off[1], off[0]]), tf.float32)
+    if training and cfg.augment and cfg.flip:
+        do_flip = tf.random.uniform([]) < 0.5
+        image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        points = tf.cond(do_flip, lambda: flip_landmarks(points, size), lambda: points)
+    image = tf.cast(image, tf.float32) / 255.0
+    image.set_shape([size, size, 3])
+    points = tf.reshape(points / size, [NUM_LANDMARKS, 2])
+    targets = {"label": ex["label"], "landmarks": points, "has_landmarks": ex["has_landmarks"]}
+    if not training:
+        targets["source"] = ex["source"]  # evaluation matches pairs.txt by file name
+    return image, targets
+
+
+def _records(data_dir: str, split: str, cfg: InputConfig, training: bool, input_context):
+    files = shard_paths(data_dir, split)
+    if not files:
+        raise DataError(f"{data_dir}: no {split}-*.tfrecord files")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) >= input_context.num_input_pipelines:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        else:
+            return _interleave(ds, training, cfg).shard(input_context.num_input_pipelines,
+                                                        input_context.input_pipeline_id)
+    return _interleave(ds, training, cfg)
+
+
+def _interleave(files, training: bool, cfg: InputConfig):
+    if training:
+        files = files.shuffle(1024, seed=cfg.seed)
+    return files.interleave(tf.data.TFRecordDataset, cycle_length=4, num_parallel_calls=AUTOTUNE,
+                            deterministic=not training)
+
+
+def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 repeat: Optional[bool] = None) -> tf.data.Dataset:
+    """The one input function: serves `fit`, evaluation and `distribute_datasets_from_function`."""
+    batch = cfg.batch_size if input_context is None else input_context.get_per_replica_batch_size(cfg.batch_size)
+    ds = _records(data_dir, split, cfg, training, input_context)
+    ds = ds.map(parse_example, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda r: _decode(r, cfg.resize_size), num_parallel_calls=AUTOTUNE)
+    if cfg.cache:
+        ds = ds.cache()
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+    if training:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
+    if training and cfg.pk:
+        ds = _pk_groups(ds, *cfg.pk)
+    ds = ds.map(lambda ex: _crop_flip(ex, cfg, training), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=training)
+    options = tf.data.Options()
+    options.deterministic = not training
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _pk_groups(ds, p: int, k: int):
+    """Reorders a shuffled, repeated stream into runs of K images of one identity.
+
+    Batched by P×K afterwards, every batch holds P identities × K images, so each anchor has positives
+    for triplet mining. Identities with fewer than K images fill their window across epochs.
+    """
+    del p  # the batch size (P×K) decides how many groups share a batch
+    grouped = ds.group_by_window(key_func=lambda ex: tf.cast(ex["label"], tf.int64),
+                                 reduce_func=lambda _, w: w.batch(k), window_size=k)
+    return grouped.filter(lambda g: tf.shape(g["label"])[0] == k).unbatch()

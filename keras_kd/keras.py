@@ -1,0 +1,15 @@
+"""The one place keras-kd imports Keras.
+
+keras-kd uses the Keras 2 API from ``tf_keras`` because tensorflow-model-optimization (QAT, pruning) and
+``fit`` under MultiWorkerMirroredStrategy work only with it today. ``TF_USE_LEGACY_KERAS=1`` must be set
+before TensorFlow first loads Keras, so every module imports ``keras`` from here and nowhere else.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+__all__ = ["keras", "tf"]

@@ -1,0 +1,356 @@
+"""results.json — the contract between training, export, benchmarks and docs — plus results.md and plots.
+
+results.json::
+
+    {"task": "classify"|"align"|"verify", "data": str, "preset": str, "seed": int, "updated": ISO time,
+     "models": [ModelRecord, ...], ...any extra top-level keys}
+
+A ModelRecord is a dict with the keys and types in ``MODEL_KEYS`` (plus any extra keys, e.g. ``softmax``,
+``train_seconds``, ``epochs``, ``seed``). Metric units follow ``keras_kd.metrics``: names containing a
+``top1``/``top5``/``rank1``/``pair_acc``/``tar_at_far``/``acc`` token are fractions (shown as percent);
+``nrmse``/``failure_rate`` are already percent; anything else is shown as stored.
+
+Every file is written atomically (temp file in the same directory, then ``os.replace``) so a reader never
+sees half a file, even while a run is still updating it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+
+from keras_kd import metrics as kd_metrics
+
+TASKS = ("classify", "align", "verify")
+ROLES = ("teacher", "student")
+TOP_KEYS: dict[str, type] = {"task": str, "data": str, "preset": str, "seed": numbers.Integral, "models": list}
+MODEL_KEYS: dict[str, type] = {
+    "name": str, "role": str, "width_divisor": numbers.Integral, "init": str, "targets": list,
+    "alpha": numbers.Real, "beta": numbers.Real, "params": numbers.Integral, "flops": numbers.Integral,
+    "metrics": dict,
+}
+NOTE = "last-epoch figures, not best-epoch"
+DASH = "–"
+_FRACTION = re.compile(r"(^|_)(top1|top5|rank1|pair_acc|tar_at_far|acc)(_|$)")
+_PERCENT = re.compile(r"(^|_)(nrmse|failure_rate)(_|$)")
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is not a number
+
+
+def validate(results: dict) -> None:
+    """Raise ValueError naming the model (or 'results') and the bad key, so a broken writer is found fast."""
+    for key, kind in TOP_KEYS.items():
+        if not _type_ok(results.get(key), kind):
+            raise ValueError(f"results: key {key!r} missing or not {_kind_name(kind)}: {results.get(key)!r}")
+    if results["task"] not in TASKS:
+        raise ValueError(f"results: key 'task' must be one of {TASKS}, got {results['task']!r}")
+    names = set()
+    for i, m in enumerate(results["models"]):
+        name = m.get("name", f"#{i}") if isinstance(m, dict) else f"#{i}"
+        if not isinstance(m, dict):
+            raise ValueError(f"model {name!r}: record is not a dict")
+        for key, kind in MODEL_KEYS.items():
+            if not _type_ok(m.get(key), kind):
+                raise ValueError(f"model {name!r}: key {key!r} missing or not {_kind_name(kind)}: {m.get(key)!r}")
+        checks = {
+            "role": m["role"] in ROLES,
+            "width_divisor": m["width_divisor"] >= 1,
+            "targets": all(isinstance(t, str) for t in m["targets"]),
+            "metrics": all(isinstance(k, str) and _type_ok(v, numbers.Real) for k, v in m["metrics"].items()),
+            "softmax": isinstance(m.get("softmax", False), bool),
+            "name": name not in names,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"model {name!r}: bad value for key {key!r}: {m.get(key)!r}")
+        names.add(name)
+
+
+def _kind_name(kind: type) -> str:
+    return {numbers.Integral: "an int", numbers.Real: "a number"}.get(kind, f"a {kind.__name__}")
+
+
+def _json_default(obj: Any) -> Any:
+    """numpy scalars and arrays (what metric functions return) as plain JSON values."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write through ``write(file)`` to a temp file beside ``path``, then rename it over ``path``."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class Results:
+    """One results.json: load it (or start empty), upsert model records by name, save atomically."""
+
+    def __init__(self, path: str, data: dict | None = None):
+        self.path = path
+        self.data: dict = data if data is not None else {"task": "", "data": "", "preset": "", "seed": 0,
+                                                         "models": []}
+
+    @classmethod
+    def load(cls, path: str) -> "Results":
+        """The results at ``path``; a missing file gives empty results (set task/data/preset/seed before saving)."""
+        if not os.path.exists(path):
+            return cls(path)
+        with open(path, encoding="utf-8") as f:
+            return cls(path, json.load(f))
+
+    @property
+    def models(self) -> list[dict]:
+        return self.data.setdefault("models", [])
+
+    def get(self, name: str) -> dict | None:
+        return next((m for m in self.models if m.get("name") == name), None)
+
+    def upsert(self, record: dict) -> None:
+        """Replace the record with the same name in place (order kept), or append a new one."""
+        if not isinstance(record.get("name"), str):
+            raise ValueError(f"model record needs a string 'name', got {record.get('name')!r}")
+        for i, m in enumerate(self.models):
+            if m.get("name") == record["name"]:
+                self.models[i] = dict(record)
+                return
+        self.models.append(dict(record))
+
+    def save(self) -> None:
+        """Validate, stamp ``updated`` and write results.json atomically."""
+        validate(self.data)
+        self.data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        text = json.dumps(self.data, indent=2, default=_json_default) + "\n"
+        _atomic_write(self.path, lambda f: f.write(text))
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+def format_metric(name: str, value: float | None) -> str:
+    """Fractions as percent with 2 decimals, percent metrics with 2 decimals, others with 4 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if _FRACTION.search(name):
+        return f"{100.0 * value:.2f}"
+    if _PERCENT.search(name):
+        return f"{value:.2f}"
+    return f"{value:.4g}"
+
+
+def _metric_header(name: str) -> str:
+    return f"{name} (%)" if _FRACTION.search(name) or _PERCENT.search(name) else name
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _ab(alpha: float, beta: float) -> str:
+    return f"α={alpha:g},β={beta:g}"
+
+
+def _find(models: list[dict], **want: Any) -> dict | None:
+    """First model matching every key (``targets`` order-insensitive); the full table lists every model."""
+    for m in models:
+        if all((sorted(m.get(k) or []) == sorted(v)) if k == "targets" else m.get(k) == v for k, v in want.items()):
+            return m
+    return None
+
+
+def _cell(model: dict | None, metric: str) -> str:
+    return format_metric(metric, model["metrics"].get(metric)) if model else DASH
+
+
+def _teacher(models: list[dict], softmax: bool | None = None) -> dict | None:
+    """The teacher trained with the given softmax setting if there is one, else the first teacher."""
+    teachers = [m for m in models if m.get("role") == "teacher"]
+    match = [m for m in teachers if softmax is not None and bool(m.get("softmax", False)) == softmax]
+    return (match or teachers or [None])[0]
+
+
+def _students(models: list[dict]) -> list[dict]:
+    return [m for m in models if m.get("role") == "student"]
+
+
+def _widths(models: list[dict]) -> list[int]:
+    return sorted({m["width_divisor"] for m in _students(models)})
+
+
+def _has_metric(models: list[dict], metric: str) -> bool:
+    return any(metric in m.get("metrics", {}) for m in models)
+
+
+def _classify_tables(models: list[dict]) -> list[str]:
+    widths = _widths(models)
+    teacher = _teacher(models)
+    rows_spec = [("Label only", "scratch", []), ("Scratch", "scratch", ["soft"]), ("FitNet", "fitnet", ["soft"]),
+                 ("Ours (all layers initialized)", "label", ["soft"])]
+    blocks = [("top1", "top-1")] + ([("pair_acc", "pair acc")] if _has_metric(models, "pair_acc") else [])
+    rows = []
+    for metric, label in blocks:
+        for i, (row, init, targets) in enumerate(rows_spec):
+            t = _cell(teacher, metric) if i == 0 else ""
+            rows.append([label, row, t] + [_cell(_find(models, role="student", width_divisor=d, init=init,
+                                                       targets=targets), metric) for d in widths])
+    out = ["## Table 2 shape: classification (%, higher is better)", ""]
+    out += _table(["metric", "init", "teacher"] + [f"/{d}" for d in widths], rows)
+    scratch_targets = [("Hidden", ["hidden"]), ("Logits", ["logits"]), ("Soft", ["soft"])]
+    if any(_find(models, role="student", init="scratch", targets=t) for _, t in scratch_targets[:2]):
+        rows = [[row] + [_cell(_find(models, role="student", width_divisor=d, init="scratch", targets=t), "top1")
+                         for d in widths] for row, t in scratch_targets]
+        out += ["", "## Table 1 shape (targets from scratch): top-1 %", ""]
+        out += _table(["target"] + [f"/{d}" for d in widths], rows)
+    return out
+
+
+def _ab_columns(models: list[dict]) -> list[tuple[float, float]]:
+    return sorted({(float(m["alpha"]), float(m["beta"])) for m in models})
+
+
+def _init_by_ab_rows(models: list[dict], width: int, metric: str) -> list[list[str]]:
+    """Rows Pretrain / Distill, one column per (alpha, beta) present among ``models``."""
+    return [[row] + [_cell(_find(models, role="student", width_divisor=width, init=init, alpha=a, beta=b), metric)
+                     for a, b in _ab_columns(models)]
+            for row, init in (("Pretrain", "pretrain"), ("Distill", "distill"))]
+
+
+def _per_model_table(title: str, models: list[dict], metric_names: list[str]) -> list[str]:
+    rows = [[m["name"]] + [_cell(m, k) for k in metric_names] for m in models]
+    return ["", f"## {title}", ""] + _table(["model"] + [_metric_header(k) for k in metric_names], rows)
+
+
+def _align_tables(models: list[dict]) -> list[str]:
+    teacher = _teacher(models)
+    out: list[str] = []
+    for d in _widths(models):
+        cands = [m for m in _students(models) if m["width_divisor"] == d and m["init"] in ("pretrain", "distill")]
+        if not cands:
+            continue
+        out += ([""] if out else []) + [f"## Table 3 shape, student /{d}: NRMSE % (lower is better); "
+                                        f"teacher {_cell(teacher, 'nrmse')}", ""]
+        out += _table(["init"] + [_ab(a, b) for a, b in _ab_columns(cands)], _init_by_ab_rows(cands, d, "nrmse"))
+    return out + _per_model_table("Alignment metrics per model (nrmse, failure rate: lower is better)", models,
+                                  ["nrmse", "nrmse_diag", "failure_rate", "auc10"])
+
+
+def _verify_tables(models: list[dict]) -> list[str]:
+    out: list[str] = []
+    for table, softmax, loss in (("Table 4", False, "triplet loss only"), ("Table 5", True, "triplet + softmax")):
+        cands = [m for m in _students(models) if bool(m.get("softmax", False)) == softmax
+                 and m["init"] in ("pretrain", "distill")]
+        if not cands:
+            continue
+        rows = [[f"/{d}"] + r for d in sorted({m["width_divisor"] for m in cands})
+                for r in _init_by_ab_rows(cands, d, "rank1")]
+        out += ([""] if out else []) + [f"## {table} shape: verification rank-1 % (higher is better), {loss}; "
+                                        f"teacher {_cell(_teacher(models, softmax), 'rank1')}", ""]
+        out += _table(["student", "init"] + [_ab(a, b) for a, b in _ab_columns(cands)], rows)
+    return out + _per_model_table("Verification metrics per model (higher is better)", models,
+                                  ["rank1", "pair_acc", "tar_at_far_1e-3"])
+
+
+def _full_table(models: list[dict]) -> list[str]:
+    metric_names = list(dict.fromkeys(k for m in models for k in m.get("metrics", {})))
+    extras = list(dict.fromkeys(k for m in models for k, v in m.items()
+                                if k not in MODEL_KEYS and isinstance(v, (str, numbers.Real))))
+    header = ["name", "role", "/d", "init", "targets", "α", "β", "params (M)", "FLOPs (G)"] + \
+             [_metric_header(k) for k in metric_names] + extras
+    rows = []
+    for m in models:
+        rows.append([m["name"], m["role"], str(m["width_divisor"]), m["init"], ",".join(m["targets"]) or DASH,
+                     f"{m['alpha']:g}", f"{m['beta']:g}", f"{m['params'] / 1e6:.3f}", f"{m['flops'] / 1e9:.3f}"]
+                    + [_cell(m, k) for k in metric_names]
+                    + [DASH if m.get(k) is None else (f"{m[k]:.4g}" if isinstance(m[k], float) else str(m[k]))
+                       for k in extras])
+    return ["", "## All models", ""] + _table(header, rows)
+
+
+def write_markdown(results: dict, path: str) -> str:
+    """Write results.md with tables in the paper's shape for ``results['task']``; returns the markdown."""
+    models = results.get("models", [])
+    task = results.get("task", "")
+    lines = [f"# keras-kd results: {task}", "",
+             f"- task: {task}", f"- data: {results.get('data', '')}", f"- preset: {results.get('preset', '')}",
+             f"- seed: {results.get('seed', '')}", f"- updated: {results.get('updated', '')}", f"- note: {NOTE}",
+             ""]
+    lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
+        task, lambda _: [])(models)
+    lines += _full_table(models)
+    text = "\n".join(lines) + "\n"
+    _atomic_write(path, lambda f: f.write(text))
+    return text
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+def _figure(n_axes: int = 1, cols: int = 3):
+    """A pyplot-free Agg figure (no global backend state), one small panel per axis."""
+    from matplotlib.figure import Figure
+    rows, cols = (n_axes + cols - 1) // cols, min(n_axes, cols)
+    fig = Figure(figsize=(4.0 * cols, 3.0 * rows), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_axes:]:
+        ax.set_axis_off()
+    return fig, list(axes[:n_axes])
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+
+
+def plot_history(histories: dict[str, dict[str, list[float]]], path: str) -> None:
+    """Training curves: one panel per metric (e.g. loss, val_loss), one line per model/stage, x = epoch."""
+    names = list(dict.fromkeys(k for h in histories.values() for k in h))
+    fig, axes = _figure(max(len(names), 1))
+    from matplotlib.ticker import MaxNLocator
+    for ax, metric in zip(axes, names):
+        for i, (run, h) in enumerate(histories.items()):
+            if h.get(metric):  # colour by run, so a run keeps its colour across panels
+                ax.plot(range(1, len(h[metric]) + 1), h[metric], marker=".", color=f"C{i % 10}", label=run)
+        ax.set(title=metric, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=6)
+    _save(fig, path)
+
+
+def plot_ced(curves: dict[str, np.ndarray], path: str, max_err: float = 0.10) -> None:
+    """Cumulative error distributions of per-image normalised landmark errors, AUC in the legend."""
+    fig, (ax,) = _figure()
+    for name, err in curves.items():
+        x, y = kd_metrics.ced(err, max_err)
+        ax.plot(100 * x, y, label=f"{name} (AUC {kd_metrics.auc_ced(err, max_err):.3f})")
+    ax.set(xlabel="normalised error (%)", ylabel="fraction of images", xlim=(0, 100 * max_err), ylim=(0, 1))
+    ax.legend(fontsize=6)
+    _save(fig, path)
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
+    """ROC curves, TAR against FAR on a log axis (FAR = 0 points cannot be drawn there and are dropped)."""
+    fig, (ax,) = _figure()
+    for name, (fpr, tpr) in curves.items():
+        fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+        ax.step(fpr[fpr > 0], tpr[fpr > 0], where="post", label=name)
+    ax.set(xscale="log", xlabel="FAR", ylabel="TAR", ylim=(0, 1.01))
+    ax.legend(fontsize=6)
+    _save(fig, path)

@@ -1,0 +1,65 @@
+"""Face alignment (Section 4.1, Table 3): 5 landmarks regressed from K, Eq. 6-7."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from keras_kd import metrics, results
+from keras_kd.config import Config
+from keras_kd.data import pipeline
+from keras_kd.distill import losses
+from keras_kd.keras import tf
+from keras_kd.tasks.base import Stage, predict
+from keras_kd.tasks.transfer import TransferTask
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+
+
+class Align(TransferTask):
+    name = "align"
+    heads = ("landmarks",)
+
+    def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
+        return pipeline.InputConfig(image_size=cfg.image_size, batch_size=cfg.align_batch_size, seed=cfg.seed)
+
+    def task_loss(self, stage: Stage, cfg: Config):
+        def loss(y, s):
+            # Images without landmarks (mixed data sets) contribute nothing.
+            mask = tf.cast(y["has_landmarks"], tf.float32)
+            return mask * losses.landmark_l2(y["landmarks"], s["landmarks"])
+        return loss
+
+    def evaluate(self, model, data_dir, cfg):
+        ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
+        out, tgt = predict(model, ds, ["landmarks"])
+        keep = tgt["has_landmarks"].astype(bool)
+        if not keep.any():
+            raise ValueError(f"{data_dir}: the test split has no landmarks to evaluate alignment on")
+        pred, true = out["landmarks"][keep], tgt["landmarks"][keep]
+        per_point = metrics.landmark_errors(pred, true, "interocular")
+        per_image = per_point.mean(axis=1)
+        m = {"nrmse": metrics.nrmse(pred, true, "interocular"),
+             "nrmse_diag": metrics.nrmse(pred, true, "diagonal"),
+             "failure_rate": metrics.failure_rate(per_image, 0.10),
+             "auc10": metrics.auc_ced(per_image, 0.10)}
+        m.update({f"nrmse_{n}": float(100 * per_point[:, i].mean()) for i, n in enumerate(LANDMARK_NAMES)})
+        return m, {"errors": per_image}
+
+    def plots(self, artifacts, out_dir):
+        curves = {n: a["errors"] for n, a in artifacts.items() if "errors" in a}
+        if not curves:
+            return []
+        path = os.path.join(out_dir, "ced.png")
+        results.plot_ced(curves, path, max_err=0.10)
+        return [path]
+
+
+def mean_shape_nrmse(data_dir: str, cfg: Config) -> float:
+    """NRMSE of always predicting the mean training shape: the bar a trained model must clear."""
+    task = Align()
+    train = pipeline.make_dataset(data_dir, "train", task.batch_config(cfg, False), training=False)
+    test = pipeline.make_dataset(data_dir, "test", task.batch_config(cfg, False), training=False)
+    mean = np.mean(np.concatenate([t["landmarks"].numpy() for _, t in train]), axis=0)
+    true = np.concatenate([t["landmarks"].numpy() for _, t in test])
+    return metrics.nrmse(np.broadcast_to(mean, true.shape), true, "interocular")

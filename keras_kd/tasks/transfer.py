@@ -1,0 +1,38 @@
+"""What alignment and verification share: the paper's transfer experiment (Section 4).
+
+Teacher from the classification teacher; students "Pretrain" (trained on the task alone first, from
+scratch — our reading of the paper's task-specific initialization) and "Distill" (from the distilled
+classification student), each trained with Eq. 5: task loss + α·soft targets + β·‖K_S − K_T‖².
+"""
+from __future__ import annotations
+
+from keras_kd.config import Config
+from keras_kd.tasks.base import Stage, Task
+from keras_kd.tasks.classify import distilled_name
+
+
+class TransferTask(Task):
+    def variants(self, cfg: Config):
+        """(name suffix, softmax) of each experiment variant: verification adds the joint softmax one."""
+        return [("", False)]
+
+    def plan(self, cfg: Config) -> list:
+        t = self.name
+        stages = []
+        for suffix, softmax in self.variants(cfg):
+            teacher = Stage(t, "teacher" + suffix, 1, "classify", cfg.transfer_epochs, cfg.lr_init,
+                            init_from=("classify", "teacher"), softmax=softmax)
+            stages.append(teacher)
+            for d in cfg.students:
+                pretrain = Stage(t, f"student_d{d}_pretrain{suffix}", d, "scratch", cfg.pretrain_epochs,
+                                 cfg.lr_scratch, softmax=softmax)
+                stages.append(pretrain)
+                for init in cfg.transfer_inits:
+                    start = (t, pretrain.name) if init == "pretrain" else ("classify", distilled_name(d))
+                    for a, b in cfg.ab_grid:
+                        stages.append(Stage(
+                            t, f"student_d{d}_{init}_a{a:g}b{b:g}{suffix}", d, init, cfg.transfer_epochs,
+                            cfg.lr_init, init_from=start, teacher=(t, teacher.name),
+                            targets=tuple((n, w) for n, w in (("soft", a), ("hidden", b)) if w),
+                            softmax=softmax))
+        return stages

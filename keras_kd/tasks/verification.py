@@ -1,0 +1,33 @@
+"""Embedding evaluation shared by verification and classification: rank-1 and pair accuracy."""
+from __future__ import annotations
+
+import numpy as np
+
+from keras_kd import metrics
+from keras_kd.data.example import read_pairs
+
+MAX_GENERATED_PAIRS = 3000
+
+
+def pair_metrics(emb: np.ndarray, targets: dict, data_dir: str, seed: int):
+    """10-fold pair accuracy, TAR@FAR=1e-3 and the ROC on the data's pairs.txt, else generated pairs.
+
+    pairs.txt (LFW's protocol) is used when the data has one; otherwise balanced same/different pairs are
+    drawn from the test split with the run's seed. Returns (metrics, {"roc": (fpr, tpr)}).
+    """
+    sources = [s.decode() if isinstance(s, bytes) else str(s) for s in targets["source"]]
+    index = {s: i for i, s in enumerate(sources)}
+    pairs = [(index[a], index[b], same) for a, b, same in read_pairs(data_dir) if a in index and b in index]
+    origin = "pairs.txt"
+    if not pairs:
+        pairs = metrics.balanced_pairs(targets["label"], MAX_GENERATED_PAIRS, seed)
+        origin = "generated"
+    if len(pairs) < 20:
+        return {}, {}
+    a, b, same = (np.asarray(x) for x in zip(*pairs))
+    dist = metrics.pair_distances(emb[a], emb[b])
+    same = same.astype(bool)
+    acc, std = metrics.pair_accuracy_10fold(dist, same)
+    fpr, tpr, _ = metrics.roc(dist, same)
+    return ({"pair_acc": acc, "pair_acc_std": std, "tar_at_far_1e-3": metrics.tar_at_far(dist, same, 1e-3),
+             "pairs": float(len(pairs))}, {"roc": (fpr, tpr), "pairs_from": origin})

@@ -1,0 +1,49 @@
+"""Face verification (Section 4.2, Tables 4-5): triplet loss on K, optionally joint with softmax."""
+from __future__ import annotations
+
+import os
+
+from keras_kd import metrics, results
+from keras_kd.config import Config
+from keras_kd.data import pipeline
+from keras_kd.distill import losses
+from keras_kd.tasks import verification
+from keras_kd.tasks.base import Stage, predict
+from keras_kd.tasks.transfer import TransferTask
+
+
+class Verify(TransferTask):
+    name = "verify"
+    heads = ("embedding",)
+
+    def variants(self, cfg: Config):
+        return [("_softmax" if s else "", s) for s in cfg.verify_softmax]
+
+    def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
+        pk = cfg.ids_per_batch * cfg.images_per_id
+        return pipeline.InputConfig(image_size=cfg.image_size, batch_size=pk, seed=cfg.seed,
+                                    pk=(cfg.ids_per_batch, cfg.images_per_id) if training else None)
+
+    def task_loss(self, stage: Stage, cfg: Config):
+        def loss(y, s):
+            value = losses.triplet(y["label"], s["embedding"], cfg.margin, cfg.mining)
+            if stage.softmax:
+                value += losses.label_ce(y["label"], s["logits"])
+            return value
+        return loss
+
+    def evaluate(self, model, data_dir, cfg):
+        ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
+        out, tgt = predict(model, ds, ["embedding"])
+        m = {"rank1": metrics.rank1(out["embedding"], tgt["label"])}
+        pm, art = verification.pair_metrics(out["embedding"], tgt, data_dir, cfg.seed)
+        m.update(pm)
+        return m, art
+
+    def plots(self, artifacts, out_dir):
+        curves = {n: a["roc"] for n, a in artifacts.items() if "roc" in a}
+        if not curves:
+            return []
+        path = os.path.join(out_dir, "roc.png")
+        results.plot_roc(curves, path)
+        return [path]

@@ -1,0 +1,31 @@
+"""keras-kd: distill face models. `python main.py --task=classify|align|verify [--preset=...] [--flagfile=...]`."""
+from __future__ import annotations
+
+import sys
+
+from absl import app
+
+import flags.main_flags as main_flags
+from keras_kd.data.example import DataError
+from keras_kd.stages import Runner, StageError
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cfg = main_flags.to_config()
+    try:
+        runner = Runner(cfg)
+        res = runner.run(cfg.task)
+    except (DataError, StageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    md = f"{cfg.model_dir}/{cfg.task}/results.md"
+    with open(md) as f:
+        print(f.read())
+    print(f"[done] {len(res['models'])} models; results in {cfg.model_dir}/{cfg.task}/results.json and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
