@@ -1,0 +1,36 @@
+"""Flags of `python -m keras_kd.data.convert`: definitions and validation, so bad values fail before any work."""
+from __future__ import annotations
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+LAYOUTS = ("synthetic", "folders", "lfw", "celeba", "mtfl")
+
+flags.DEFINE_enum("layout", None, LAYOUTS, "How --src is laid out: synthetic (generated, no --src), "
+                  "folders (SRC/<identity>/<images>), lfw (folders plus --pairs), celeba (CelebA folder), "
+                  "mtfl (an MTFL/CUHK landmark list file).")
+flags.DEFINE_string("src", None, "Folder (folders, lfw, celeba) or list file (mtfl) to convert.")
+flags.DEFINE_string("pairs", None, "lfw: pairs.txt (LFW format, or 'img1 img2 0|1' lines).")
+flags.DEFINE_string("out", None, "Output directory of the TFRecords and meta.json.")
+flags.DEFINE_enum("split_by", "image", ["image", "identity"], "Test split of whole images (closed set) or "
+                  "of whole identities (open set).")
+flags.DEFINE_float("test_fraction", 0.2, "Fraction of images (or identities) in the test split.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_bool("all_test", False, "Write everything to the test split (an evaluation-only set such as LFW).")
+flags.DEFINE_integer("seed", 0, "Seed of the split (and of the synthetic faces).", lower_bound=0)
+flags.DEFINE_integer("records_per_shard", 2000, "Records per TFRecord file.", lower_bound=1)
+flags.DEFINE_integer("num_identities", 40, "synthetic: identities.", lower_bound=1)
+flags.DEFINE_integer("images_per_identity", 50, "synthetic: images per identity.", lower_bound=1)
+flags.DEFINE_integer("image_size", 72, "synthetic: image side in pixels.", lower_bound=16)
+
+flags.mark_flags_as_required(["layout", "out"])
+
+
+@flags.multi_flags_validator(["layout", "src"], message="--src is required unless --layout=synthetic")
+def _src_given(v: dict) -> bool:
+    return v["layout"] == "synthetic" or bool(v["src"])
+
+
+@flags.multi_flags_validator(["layout", "pairs"], message="--pairs is required by --layout=lfw and used only by it")
+def _pairs_for_lfw(v: dict) -> bool:
+    return (v["layout"] == "lfw") == bool(v["pairs"])

@@ -1,0 +1,47 @@
+"""Converts a face data set to keras-kd's TFRecords (see `keras_kd.data.example`).
+
+    python -m keras_kd.data.convert --layout=synthetic --out=data/synthetic
+    python -m keras_kd.data.convert --layout=celeba --src=/data/celeba --out=data/celeba --split_by=identity
+    python -m keras_kd.data.convert --layout=lfw --src=/data/lfw --pairs=/data/pairs.txt --out=data/lfw --all_test
+    python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl
+
+Bad input (a missing path, a malformed list line) ends with one line naming the file and exit code 2.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app
+
+from flags.convert import FLAGS
+from keras_kd.data import layouts
+from keras_kd.data.example import DataError, die, write_dataset
+from keras_kd.data.synthetic import write_synthetic
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    write_kwargs = dict(split_by=FLAGS.split_by, test_fraction=FLAGS.test_fraction, all_test=FLAGS.all_test,
+                        seed=FLAGS.seed, records_per_shard=FLAGS.records_per_shard)
+    try:
+        if FLAGS.layout == "synthetic":
+            write_synthetic(FLAGS.out, FLAGS.num_identities, FLAGS.images_per_identity, FLAGS.image_size,
+                            **write_kwargs)
+            return
+        if FLAGS.layout == "folders":
+            items, pairs = layouts.folder_per_identity(FLAGS.src)
+        elif FLAGS.layout == "lfw":
+            items, pairs = layouts.lfw_pairs(FLAGS.pairs, FLAGS.src)
+        elif FLAGS.layout == "celeba":
+            items, pairs = layouts.celeba(FLAGS.src)
+        else:
+            items, pairs = layouts.mtfl(FLAGS.src)
+        name = f"{FLAGS.layout}-{os.path.basename(os.path.normpath(FLAGS.src))}"
+        write_dataset(FLAGS.out, items, name, pairs=pairs, **write_kwargs)
+    except DataError as e:
+        die(str(e))
+
+
+if __name__ == "__main__":
+    app.run(main)

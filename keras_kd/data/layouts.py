@@ -1,0 +1,201 @@
+"""Readers of the on-disk layouts real face sets come in; each returns `(items, pairs)` for `write_dataset`.
+
+An item's `source` is its path relative to the root given, with "/" separators: pairs refer to images by it,
+and it is what ends up in the records. Readers only list and parse; images are read lazily by `Item.load`, so
+an undecodable file is counted and skipped by `write_dataset` instead of failing here. Bad listings (missing
+folder or file, malformed line, listed image not on disk) raise `DataError` naming the file and line.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import numpy as np
+
+from keras_kd.data.example import NUM_LANDMARKS, DataError, Item
+from keras_kd.keras import tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
+TF_DECODES = (".jpg", ".jpeg", ".png", ".bmp")  # the rest (PGM/PPM of AT&T/ORL) go through Pillow
+UNKNOWN = "unknown"  # the one label of sets without identities
+
+Pairs = list[tuple[str, str, int]]
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_as_png(path: str) -> bytes:
+    """Re-encodes what TF cannot decode; Pillow's errors become OSError, which `write_dataset` skips."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise OSError(f"cannot decode {path}: {e}") from None
+    return tf.io.encode_png(rgb).numpy()
+
+
+def _loader(path: str):
+    read = _read_bytes if path.lower().endswith(TF_DECODES) else _read_as_png
+    return functools.partial(read, path)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _require_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: {'not a directory' if os.path.exists(path) else 'directory does not exist'}")
+
+
+def _read_lines(path: str) -> list[tuple[int, list[str]]]:
+    """(line number, tokens) of the non-blank, non-comment lines of a text file."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file does not exist")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [(n, line.split()) for n, line in enumerate(f, 1) if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _floats(path: str, n: int, tokens: list[str], what: str) -> np.ndarray:
+    try:
+        return np.array([float(t) for t in tokens], np.float32)
+    except ValueError:
+        raise DataError(f"{path}:{n}: {what} must be numbers, got {' '.join(tokens)!r}") from None
+
+
+def folder_per_identity(root: str) -> tuple[list[Item], Pairs]:
+    """`root/<identity>/<image>` (CASIA-WebFace, LFW, AT&T/ORL): the folder name is the label."""
+    _require_dir(root)
+    items = []
+    for ident in sorted(os.listdir(root)):
+        folder = os.path.join(root, ident)
+        if ident.startswith(".") or not os.path.isdir(folder):
+            continue
+        for name in sorted(filter(_is_image, os.listdir(folder))):
+            items.append(Item(source=f"{ident}/{name}", label=ident, load=_loader(os.path.join(folder, name))))
+    if not items:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in per-identity subfolders")
+    return items, []
+
+
+def read_pairs_file(path: str, sources: set[str]) -> Pairs:
+    """Verification pairs, in LFW's pairs.txt format or the simple `img1 img2 1|0` one.
+
+    LFW: an optional count header ("10 300" or "6000"), then `name n1 n2` (same person) and
+    `name1 n1 name2 n2` (different), meaning `name/name_0001.jpg`. Every image must be in `sources`.
+    """
+    def lfw(name: str, number: str) -> str:
+        return f"{name}/{name}_{int(number):04d}.jpg"
+
+    pairs = []
+    for i, (n, t) in enumerate(_read_lines(path)):
+        if i == 0 and 1 <= len(t) <= 2 and all(x.isdigit() for x in t):
+            continue  # LFW header
+        if len(t) == 3 and t[1].isdigit() and t[2].isdigit():
+            pair = (lfw(t[0], t[1]), lfw(t[0], t[2]), 1)
+        elif len(t) == 4 and t[1].isdigit() and t[3].isdigit():
+            pair = (lfw(t[0], t[1]), lfw(t[2], t[3]), 0)
+        elif len(t) == 3 and t[2] in ("0", "1"):
+            pair = (t[0], t[1], int(t[2]))
+        else:
+            raise DataError(f"{path}:{n}: expected 'name n1 n2', 'name1 n1 name2 n2' or 'img1 img2 0|1', "
+                            f"got {' '.join(t)!r}")
+        for src in pair[:2]:
+            if src not in sources:
+                raise DataError(f"{path}:{n}: image {src} is not in the data set")
+        pairs.append(pair)
+    return pairs
+
+
+def lfw_pairs(pairs_txt: str, root: str) -> tuple[list[Item], Pairs]:
+    """LFW (or any per-identity folder set) with its verification pairs."""
+    items, _ = folder_per_identity(root)
+    return items, read_pairs_file(pairs_txt, {it.source for it in items})
+
+
+def _celeba_annotation(root: str, name: str) -> Optional[str]:
+    """CelebA ships its annotation files in `Anno/`; copies often put them next to the images."""
+    for path in (os.path.join(root, name), os.path.join(root, "Anno", name)):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def celeba(root: str) -> tuple[list[Item], Pairs]:
+    """CelebA: images in `img_align_celeba/`, `Celeb/` or root itself; optional `identity_CelebA.txt`,
+    `list_landmarks_align_celeba.txt` (interleaved x, y per point) and `pairs.txt` (`img1 img2 0|1`).
+
+    Only images on disk are itemised, so a subset folder works with the full annotation files. With an
+    identity file, every image on disk must be in it; without one, all images get the label "unknown".
+    """
+    _require_dir(root)
+    image_dir = next((d for d in (os.path.join(root, "img_align_celeba"), os.path.join(root, "Celeb"))
+                      if os.path.isdir(d)), root)
+    names = sorted(filter(_is_image, os.listdir(image_dir)))
+    if not names:
+        raise DataError(f"{root}: no images in img_align_celeba/, Celeb/ or the folder itself")
+    on_disk = set(names)
+
+    labels: dict = {}
+    id_file = _celeba_annotation(root, "identity_CelebA.txt")
+    if id_file:
+        for n, t in _read_lines(id_file):
+            if len(t) != 2 or not t[1].isdigit():
+                raise DataError(f"{id_file}:{n}: expected 'image identity_number', got {' '.join(t)!r}")
+            labels[t[0]] = int(t[1])
+        unlisted = [name for name in names if name not in labels]
+        if unlisted:
+            raise DataError(f"{id_file}: no identity for {len(unlisted)} image(s) in {image_dir}, e.g. {unlisted[0]}")
+
+    landmarks: dict = {}
+    lm_file = _celeba_annotation(root, "list_landmarks_align_celeba.txt")
+    if lm_file:
+        lines = _read_lines(lm_file)
+        if not lines or len(lines[0][1]) != 1 or not lines[0][1][0].isdigit():
+            raise DataError(f"{lm_file}:1: expected the image count on the first line")
+        for n, t in lines[2:]:  # line 2 holds the column names
+            if len(t) != 1 + 2 * NUM_LANDMARKS:
+                raise DataError(f"{lm_file}:{n}: expected an image and {2 * NUM_LANDMARKS} coordinates, "
+                                f"got {len(t)} fields")
+            if t[0] in on_disk:
+                landmarks[t[0]] = _floats(lm_file, n, t[1:], "coordinates").reshape(NUM_LANDMARKS, 2)
+
+    items = [Item(source=name, label=labels.get(name, UNKNOWN), load=_loader(os.path.join(image_dir, name)),
+                  landmarks=landmarks.get(name)) for name in names]
+    pairs_file = os.path.join(root, "pairs.txt")
+    pairs = read_pairs_file(pairs_file, on_disk) if os.path.isfile(pairs_file) else []
+    return items, pairs
+
+
+def mtfl(list_file: str, root: Optional[str] = None) -> tuple[list[Item], Pairs]:
+    """MTFL / CUHK facial-point lists: `path x1..x5 y1..y5 [attributes]`, all x first, then all y.
+
+    Alignment data has no identities, so every item is labelled "unknown". Paths are relative to `root`
+    (default: the list file's folder); Windows separators in the original lists are accepted.
+    """
+    lines = _read_lines(list_file)
+    root = os.path.dirname(os.path.abspath(list_file)) if root is None else root
+    _require_dir(root)
+    items, seen = [], set()
+    for n, t in lines:
+        if len(t) < 1 + 2 * NUM_LANDMARKS:
+            raise DataError(f"{list_file}:{n}: expected a path and {2 * NUM_LANDMARKS} coordinates "
+                            f"(x1..x5 y1..y5), got {len(t)} fields")
+        source = t[0].replace("\\", "/")
+        path = os.path.join(root, source)
+        if source in seen:
+            raise DataError(f"{list_file}:{n}: {source} is listed twice")
+        if not os.path.isfile(path):
+            raise DataError(f"{list_file}:{n}: image {path} does not exist")
+        xy = _floats(list_file, n, t[1:1 + 2 * NUM_LANDMARKS], "coordinates").reshape(2, NUM_LANDMARKS).T
+        seen.add(source)
+        items.append(Item(source=source, label=UNKNOWN, load=_loader(path), landmarks=np.ascontiguousarray(xy)))
+    if not items:
+        raise DataError(f"{list_file}: lists no images")
+    return items, []
