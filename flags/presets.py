@@ -15,8 +15,8 @@ PRESETS = {
         ab_grid=["0:0", "0:1", "1:0"], verify_softmax=["off", "on"], lr_scratch=0.05),
     "quick": dict(
         image_size=48, students=["8"], batch_size=32, align_batch_size=32, ids_per_batch=8,
-        images_per_id=4, teacher_epochs=6, student_epochs=6, fitnet_epochs=2, transfer_epochs=4,
-        pretrain_epochs=4, synthetic_identities=30, synthetic_images=40, synthetic_size=56,
+        images_per_id=4, teacher_epochs=6, student_epochs=6, fitnet_epochs=2, transfer_epochs=8,
+        pretrain_epochs=8, synthetic_identities=30, synthetic_images=40, synthetic_size=56,
         lr_scratch=0.05),
     "paper": dict(
         image_size=224, students=["2", "4", "8"], batch_size=256, align_batch_size=64, ids_per_batch=32,

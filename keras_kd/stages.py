@@ -12,6 +12,7 @@ when `runs/classify` lacks them and reused when it has them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -178,14 +179,16 @@ class Runner:
         callbacks = [keras.callbacks.TerminateOnNaN(),
                      keras.callbacks.TensorBoard(logs, update_freq="epoch", profile_batch=0)]
         t0 = time.time()
-        history = distiller.fit(ds, epochs=stage.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                                verbose=cfg.verbose)
+        with _naming_bad_records(data_dir):
+            history = distiller.fit(ds, epochs=stage.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                                    verbose=cfg.verbose)
         seconds = time.time() - t0
         hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
         if any(not np.isfinite(v[-1]) for v in hist.values()):
             raise StageError(f"stage {stage.task}/{stage.name}: loss became NaN/Inf; weights not saved "
                              "(lower the learning rate?)")
-        metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
+        with _naming_bad_records(data_dir):
+            metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
         record = {
             "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor,
             "init": stage.init, "targets": [n for n, _ in stage.targets],
@@ -247,10 +250,17 @@ class Runner:
         return res.data
 
 
+@contextlib.contextmanager
+def _naming_bad_records(data_dir: str):
+    """Turns tf.data's anonymous read/decode errors into a DataError naming the file and record."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        culprit = next(filter(None, (pipeline.find_bad_record(data_dir, s) for s in ("train", "test"))), None)
+        raise DataError(culprit or f"{data_dir}: {str(e).strip().splitlines()[0][:200]}") from None
+
+
 def _fmt(metrics: dict) -> str:
     keys = [k for k in ("top1", "pair_acc", "nrmse", "failure_rate", "rank1") if k in metrics]
     return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys) or "not evaluated"
 
-
-def data_error_message(e: Exception) -> str:
-    return str(e) if isinstance(e, (DataError, StageError)) else f"{type(e).__name__}: {e}"

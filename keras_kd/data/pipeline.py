@@ -134,3 +134,26 @@ def _pk_groups(ds, p: int, k: int):
     grouped = ds.group_by_window(key_func=lambda ex: tf.cast(ex["label"], tf.int64),
                                  reduce_func=lambda _, w: w.batch(k), window_size=k)
     return grouped.filter(lambda g: tf.shape(g["label"])[0] == k).unbatch()
+
+
+def find_bad_record(data_dir: str, split: str) -> Optional[str]:
+    """Names the first shard with a corrupt record or an undecodable image, or None when all read.
+
+    tf.data's own errors (a CRC mismatch, a failed decode) do not say which file; this re-reads the
+    shards one by one, only after such an error, so the hot path pays nothing for it.
+    """
+    for path in shard_paths(data_dir, split):
+        n = 0
+        try:
+            for raw in tf.data.TFRecordDataset(path):
+                rec = parse_example(raw)
+                try:
+                    tf.io.decode_image(rec["image"], channels=3, expand_animations=False)
+                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                    return f"{path}: record {n} ({rec['source'].numpy().decode()}): image does not decode"
+                n += 1
+        except tf.errors.DataLossError:
+            return f"{path}: corrupt or truncated record after {n} good records (CRC check failed)"
+        except tf.errors.InvalidArgumentError as e:
+            return f"{path}: record {n} is not a keras-kd tf.train.Example ({str(e).splitlines()[0][:100]})"
+    return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from keras_kd.data.example import NUM_LANDMARKS
+from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.keras import keras
 
 
@@ -12,10 +13,11 @@ def logits(hidden, num_classes: int):
 
 def landmarks(hidden, **_):
     """5 landmarks (x, y) in crop-normalized coordinates [0, 1], R = fc(K) as the paper's Eq. 6."""
-    # Starts by predicting the crop centre: a fresh regression layer on wide features otherwise opens with
-    # errors of several crop widths.
-    out = keras.layers.Dense(2 * NUM_LANDMARKS, kernel_initializer="zeros",
-                             bias_initializer=keras.initializers.Constant(0.5), name="landmarks_fc")(hidden)
+    # The layer predicts offsets from the crop centre in 1/LANDMARK_UNITS of the crop, then a fixed
+    # rescale maps them to crop coordinates (why: distill.losses.landmark_l2). Zero-initialized, it starts
+    # at the crop centre rather than at errors of several crop widths.
+    out = keras.layers.Dense(2 * NUM_LANDMARKS, kernel_initializer="zeros", name="landmarks_fc")(hidden)
+    out = keras.layers.Rescaling(1.0 / LANDMARK_UNITS, offset=0.5, name="landmarks_units")(out)
     return keras.layers.Reshape((NUM_LANDMARKS, 2), name="landmarks")(out)
 
 

@@ -1,0 +1,106 @@
+"""End to end: `python main.py` on the smoke preset, as a user runs it (subprocesses, real files)."""
+import json
+
+import pytest
+
+from conftest import run_main
+from keras_kd import results
+
+pytestmark = pytest.mark.slow
+CHANCE = 1 / 8  # smoke data: 8 synthetic identities
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _results(model_dir, task):
+    data = json.loads((model_dir / task / "results.json").read_text())
+    results.validate(data)
+    return {m["name"]: m for m in data["models"]}, data
+
+
+def test_classify_trains_distills_and_reports(model_dir):
+    # More teacher epochs than the bare smoke preset so that learning is visible.
+    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
+                       "--student_epochs=3", "--verbose=0"))
+    models, data = _results(model_dir, "classify")
+    assert data["task"] == "classify" and data["preset"] == "smoke" and "synthetic" in data["data"]
+    assert set(models) == {"teacher", "student_d8_label", "student_d8_scratch_soft", "student_d8_fitnet_soft",
+                           "student_d8_label_soft"}
+    assert models["teacher"]["metrics"]["top1"] > 2 * CHANCE, models["teacher"]["metrics"]
+    assert models["student_d8_label_soft"]["init"] == "label"
+    assert models["student_d8_label_soft"]["targets"] == ["soft"]
+    assert models["teacher"]["params"] > 40 * models["student_d8_label"]["params"]
+    md = (model_dir / "classify" / "results.md").read_text()
+    assert "Table 2 shape" in md and "Ours (all layers initialized)" in md and "Scratch" in md
+    assert (model_dir / "classify" / "training_curves.png").stat().st_size > 1000
+    assert "Table 2 shape" in out  # the table is printed too
+
+
+def test_rerun_reuses_finished_stages(model_dir):
+    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
+                       "--student_epochs=3", "--verbose=0"))
+    assert "reusing" in out and "training" not in out
+
+
+def test_align_transfers_and_beats_mean_shape(model_dir):
+    from keras_kd.config import Config
+    from keras_kd.tasks.align import mean_shape_nrmse
+
+    # Reuses the classification stages above (same model_dir, same shapes).
+    out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
+                       "--student_epochs=3", "--transfer_epochs=4", "--pretrain_epochs=2", "--verbose=0"))
+    assert "classify/teacher: reusing" in out
+    models, _ = _results(model_dir, "align")
+    assert {"teacher", "student_d8_pretrain", "student_d8_distill_a0b1", "student_d8_pretrain_a1b0"} <= set(models)
+    for m in models.values():
+        assert {"nrmse", "nrmse_diag", "failure_rate", "auc10"} <= set(m["metrics"])
+    data_dir = next((model_dir / "data").iterdir())
+    baseline = mean_shape_nrmse(str(data_dir), Config(image_size=32, align_batch_size=16))
+    assert models["teacher"]["metrics"]["nrmse"] < baseline, (models["teacher"]["metrics"], baseline)
+    md = (model_dir / "align" / "results.md").read_text()
+    assert "Table 3 shape" in md and "| Pretrain |" in md and "| Distill |" in md
+    assert (model_dir / "align" / "ced.png").stat().st_size > 1000
+
+
+def test_verify_triplet_softmax(model_dir):
+    _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
+                 "--student_epochs=3", "--verify_softmax=off,on", "--ab_grid=0:0,1:0", "--transfer_inits=distill",
+                 "--verbose=0"))
+    models, _ = _results(model_dir, "verify")
+    assert {"teacher", "teacher_softmax", "student_d8_distill_a0b0", "student_d8_distill_a1b0_softmax"} <= set(models)
+    assert models["student_d8_distill_a1b0_softmax"]["softmax"] is True
+    for m in models.values():
+        assert 0 <= m["metrics"]["rank1"] <= 1 and 0 <= m["metrics"]["pair_acc"] <= 1
+    md = (model_dir / "verify" / "results.md").read_text()
+    assert "Table 4 shape" in md and "Table 5 shape" in md
+    assert (model_dir / "verify" / "roc.png").stat().st_size > 1000
+
+
+def test_changed_shapes_are_not_silently_reused(model_dir):
+    proc = run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--image_size=40")
+    assert proc.returncode == 2
+    assert "saved with image_size=32 (now 40)" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--students=0"], "--students: positive integers"),
+    (["--task=segment"], "task"),
+    (["--ab_grid=1"], "--ab_grid"),
+])
+def test_bad_flags_exit_with_a_clear_message(args, message, tmp_path):
+    proc = run_main("--preset=smoke", f"--model_dir={tmp_path}", *args)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_missing_data_dir_is_one_clear_line(tmp_path):
+    proc = run_main("--task=classify", "--preset=smoke", f"--model_dir={tmp_path}", f"--data={tmp_path}/nope")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/nope: data directory does not exist"
