@@ -158,6 +158,9 @@ class Runner:
         meta = self.meta(stage.task)
         data_dir = self.data_dir(stage.task)
         train_cfg = task.batch_config(cfg, training=True)
+        if train_cfg.pk and train_cfg.pk[0] > int(meta["num_classes"]):
+            raise StageError(f"--ids_per_batch={train_cfg.pk[0]} but {data_dir} has only "
+                             f"{meta['num_classes']} identities")
         steps = max(1, int(meta["splits"]["train"]) // train_cfg.batch_size)
         self.log(f"[stage] {stage.task}/{stage.name}: training {stage.epochs} epochs × {steps} steps "
                  f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})")

@@ -39,7 +39,7 @@ def test_deterministic_by_seed():
 
 def test_landmarks_inside_and_ordered(faces):
     lms = np.stack([lm for _, _, lm in faces])
-    assert (lms >= 0).all() and (lms <= SIZE - 1).all()
+    assert (lms >= 0.5).all() and (lms <= SIZE - 0.5).all()  # continuous coordinates: centres at i + 0.5
     left_eye, right_eye, nose, left_mouth, right_mouth = lms.transpose(1, 0, 2)
     assert (left_eye[:, 0] < right_eye[:, 0]).all()
     assert (left_mouth[:, 0] < right_mouth[:, 0]).all()
@@ -53,8 +53,8 @@ def test_eye_landmark_is_on_the_eye(faces):
     for _, img, lm in faces:
         lum = img.astype(float).mean(-1)
         for eye, mouth in ((lm[0], lm[3]), (lm[1], lm[4])):
-            ex, ey = np.round(eye).astype(int)
-            cx, cy = np.round((eye + mouth) / 2).astype(int)
+            ex, ey = np.floor(eye).astype(int)  # pixel i spans [i, i + 1)
+            cx, cy = np.floor((eye + mouth) / 2).astype(int)
             darker.append(lum[ey, ex] < lum[cy, cx] - 20)
     assert np.mean(darker) > 0.85
 

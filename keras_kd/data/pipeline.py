@@ -125,15 +125,18 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
 
 
 def _pk_groups(ds, p: int, k: int):
-    """Reorders a shuffled, repeated stream into runs of K images of one identity.
+    """Reorders a shuffled, repeated stream into blocks of P identities × K images each.
 
-    Batched by P×K afterwards, every batch holds P identities × K images, so each anchor has positives
-    for triplet mining. Identities with fewer than K images fill their window across epochs.
+    Batched by P×K afterwards, every batch holds P distinct identities with K images each, so every anchor
+    has positives and negatives for triplet mining. Runs of K come from `group_by_window` (identities with
+    fewer than K images fill their window across epochs); P runs with a repeated identity are dropped.
     """
-    del p  # the batch size (P×K) decides how many groups share a batch
-    grouped = ds.group_by_window(key_func=lambda ex: tf.cast(ex["label"], tf.int64),
-                                 reduce_func=lambda _, w: w.batch(k), window_size=k)
-    return grouped.filter(lambda g: tf.shape(g["label"])[0] == k).unbatch()
+    runs = ds.group_by_window(key_func=lambda ex: tf.cast(ex["label"], tf.int64),
+                              reduce_func=lambda _, w: w.batch(k), window_size=k)
+    runs = runs.filter(lambda g: tf.shape(g["label"])[0] == k)
+    blocks = runs.batch(p, drop_remainder=True)
+    blocks = blocks.filter(lambda b: tf.size(tf.unique(b["label"][:, 0])[0]) == p)
+    return blocks.unbatch().unbatch()
 
 
 def find_bad_record(data_dir: str, split: str) -> Optional[str]:

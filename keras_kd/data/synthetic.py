@@ -10,7 +10,8 @@ No image depicts a real person.
 Geometry lives in a canonical face frame (origin at the face centre, unit = half the face height, v down)
 mapped to pixels by one rotation/scale/translation/horizontal-squash transform. Pixels are rendered by the
 inverse map with vectorised soft masks (about one pixel of anti-aliasing); landmarks by the forward map, so
-they are exact. Pixel coordinates put the centre of pixel [row, col] at (x=col, y=row).
+they are exact. Rendering puts the centre of pixel [row, col] at (x=col, y=row); landmarks are returned in the
+pipeline's continuous convention (pixel i spans [i, i + 1), centre i + 0.5), hence the + 0.5 in `_landmarks`.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def _landmarks(s: dict, size: int) -> np.ndarray:
     su = s["shift_u"]
     return _forward(s, size, [[su - s["eye_dx"], s["eye_y"]], [su + s["eye_dx"], s["eye_y"]],
                               [1.6 * su, s["nose_y"]],  # the tip sticks out, so it moves most with yaw
-                              [su - s["mouth_hw"], s["mouth_y"]], [su + s["mouth_hw"], s["mouth_y"]]])
+                              [su - s["mouth_hw"], s["mouth_y"]], [su + s["mouth_hw"], s["mouth_y"]]]) + 0.5
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,53 @@
+"""Flags: presets fill what the command line leaves unset; --flagfile works; bad values are refused."""
+import pytest
+from absl import flags
+
+import flags.main_flags as main_flags
+from flags.presets import PRESETS
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture
+def parse():
+    def _parse(*argv):
+        FLAGS.unparse_flags()
+        FLAGS(["main.py", *argv])
+        return main_flags.to_config()
+    yield _parse
+    FLAGS.unparse_flags()
+
+
+def test_preset_fills_unset_flags(parse):
+    cfg = parse("--preset=smoke")
+    assert cfg.image_size == 32 and cfg.students == (8,) and cfg.teacher_epochs == 1
+    assert cfg.ab_grid == ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0))
+    assert cfg.verify_softmax == (False, True)
+
+
+def test_explicit_flag_beats_preset(parse):
+    cfg = parse("--preset=smoke", "--image_size=40", "--students=2,4", "--ab_grid=1:1")
+    assert cfg.image_size == 40 and cfg.students == (2, 4) and cfg.ab_grid == ((1.0, 1.0),)
+
+
+def test_flagfile(parse, tmp_path):
+    f = tmp_path / "run.cfg"
+    f.write_text("--preset=paper\n--students=8\n--temperature=4\n")
+    cfg = parse(f"--flagfile={f}")
+    assert cfg.preset == "paper" and cfg.students == (8,) and cfg.temperature == 4.0
+    assert cfg.image_size == 224 and cfg.batch_size == 256 and cfg.lr_scratch == 0.1
+
+
+def test_paper_preset_follows_the_paper():
+    p = PRESETS["paper"]
+    assert (p["image_size"], p["batch_size"], p["align_batch_size"]) == (224, 256, 64)
+    assert p["ids_per_batch"] * p["images_per_id"] == 128
+    assert (p["lr_scratch"], p["lr_init"], p["lr_decay_epochs"], p["temperature"], p["margin"]) == (
+        0.1, 0.01, 30, 3.0, 0.4)
+
+
+@pytest.mark.parametrize("argv", [["--students=0"], ["--students=a"], ["--ab_grid=0:x"], ["--preset=huge"],
+                                  ["--verify_softmax=maybe"], ["--scratch_targets=dark"], ["--image_size=8"]])
+def test_bad_values_are_refused(parse, argv):
+    with pytest.raises(flags.Error):
+        parse(*argv)
