@@ -4,10 +4,15 @@ from __future__ import annotations
 import sys
 
 from absl import app
+from absl import flags as absl_flags
 
+import export
 import flags.main_flags as main_flags
 from keras_kd.data.example import DataError
 from keras_kd.stages import Runner, StageError
+from keras_kd.tasks import TASKS
+
+FLAGS = absl_flags.FLAGS
 
 
 def main(argv):
@@ -17,7 +22,12 @@ def main(argv):
     try:
         runner = Runner(cfg)
         res = runner.run(cfg.task)
-    except (DataError, StageError) as e:
+        if FLAGS.export:
+            task = TASKS[cfg.task]
+            models = None if FLAGS.export_models == "all" else task.best_students(res["models"])
+            print(f"[export] {cfg.task}: {', '.join(models) if models else 'all evaluated students'}")
+            export.run(runner, cfg.task, models=models)
+    except (DataError, StageError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     md = f"{cfg.model_dir}/{cfg.task}/results.md"

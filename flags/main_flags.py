@@ -22,6 +22,10 @@ flags.DEFINE_integer("seed", 0, "Random seed (weights init, shuffling, augmentat
 flags.DEFINE_bool("overwrite", False, "Retrain stages even when saved ones exist.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_bool("export", True, "After training, export students as SavedModel + TFLite (docs/serving.md); "
+                  "--noexport skips it.")
+flags.DEFINE_enum("export_models", "best", ["best", "all"], "Which students main.py exports: the best of each "
+                  "width by the task's headline metric, or all (python -m export offers every option).")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
                      lower_bound=0, upper_bound=2)
 

@@ -285,6 +285,34 @@ def _full_table(models: list[dict]) -> list[str]:
     return ["", "## All models", ""] + _table(header, rows)
 
 
+EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "qat_int8",
+                  "pruned_fp32")
+
+
+def _export_table(models: list[dict]) -> list[str]:
+    """Each exported student's files: size and the task metric measured on the file, beside Keras's.
+
+    The SavedModel is checked output by output against Keras instead; its row shows the largest difference.
+    """
+    rows = []
+    for m in models:
+        exp = m.get("export") or {}
+        keras_metrics = exp.get("keras", {})
+        metric = next(iter(keras_metrics), "")
+        for fmt in EXPORT_FORMATS:
+            entry = exp.get(fmt)
+            if not entry:
+                continue
+            on_file = (format_metric(metric, entry[metric]) if metric in entry
+                       else f"max abs diff {entry.get('max_abs_diff', float('nan')):.1e}")
+            rows.append([m["name"], fmt, f"{entry.get('size_bytes', 0) / 1024:.0f}", on_file,
+                         format_metric(metric, keras_metrics.get(metric))])
+    if not rows:
+        return []
+    return ["## Exported students (task metric on the test split, measured on each file)", ""] + _table(
+        ["model", "format", "size (kB)", "the file", "Keras model"], rows) + [""]
+
+
 def write_markdown(results: dict, path: str) -> str:
     """Write results.md with tables in the paper's shape for ``results['task']``; returns the markdown."""
     models = results.get("models", [])
@@ -295,6 +323,7 @@ def write_markdown(results: dict, path: str) -> str:
              ""]
     lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
         task, lambda _: [])(models)
+    lines += _export_table(models)
     lines += _full_table(models)
     text = "\n".join(lines) + "\n"
     _atomic_write(path, lambda f: f.write(text))

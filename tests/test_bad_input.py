@@ -28,7 +28,7 @@ def _copy(src, tmp_path):
 
 def _train(data, tmp_path):
     return run_main("--task=classify", "--preset=smoke", f"--data={data}", f"--model_dir={tmp_path}/runs",
-                    "--cls_inits=label", "--verbose=0")
+                    "--cls_inits=label", "--verbose=0", "--noexport")
 
 
 def test_truncated_record_names_the_shard(clean_data, tmp_path):

@@ -29,7 +29,7 @@ def _results(model_dir, task):
 def test_classify_trains_distills_and_reports(model_dir):
     # More teacher epochs than the bare smoke preset so that learning is visible.
     out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
-                       "--student_epochs=3", "--verbose=0"))
+                       "--student_epochs=3", "--verbose=0", "--noexport"))
     models, data = _results(model_dir, "classify")
     assert data["task"] == "classify" and data["preset"] == "smoke" and "synthetic" in data["data"]
     assert set(models) == {"teacher", "student_d8_label", "student_d8_scratch_soft", "student_d8_fitnet_soft",
@@ -46,7 +46,7 @@ def test_classify_trains_distills_and_reports(model_dir):
 
 def test_rerun_reuses_finished_stages(model_dir):
     out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
-                       "--student_epochs=3", "--verbose=0"))
+                       "--student_epochs=3", "--verbose=0", "--noexport"))
     assert "reusing" in out and "training" not in out
 
 
@@ -59,21 +59,30 @@ def test_align_transfers_and_beats_mean_shape(model_dir):
                        "--student_epochs=3", "--transfer_epochs=4", "--pretrain_epochs=2", "--verbose=0"))
     assert "classify/teacher: reusing" in out
     models, _ = _results(model_dir, "align")
+    md = (model_dir / "align" / "results.md").read_text()
     assert {"teacher", "student_d8_pretrain", "student_d8_distill_a0b1", "student_d8_pretrain_a1b0"} <= set(models)
     for m in models.values():
         assert {"nrmse", "nrmse_diag", "failure_rate", "auc10"} <= set(m["metrics"])
     data_dir = next((model_dir / "data").iterdir())
     baseline = mean_shape_nrmse(str(data_dir), Config(image_size=32, align_batch_size=16))
     assert models["teacher"]["metrics"]["nrmse"] < baseline, (models["teacher"]["metrics"], baseline)
-    md = (model_dir / "align" / "results.md").read_text()
     assert "Table 3 shape" in md and "| Pretrain |" in md and "| Distill |" in md
     assert (model_dir / "align" / "ced.png").stat().st_size > 1000
+    # main.py ships the best student per width: servable SavedModel + phone-ready TFLite, measured.
+    best = min((m for m in models.values() if m["role"] == "student"), key=lambda m: m["metrics"]["nrmse"])
+    assert f"[export] align: {best['name']}" in out
+    shipped = model_dir / "align" / "export" / best["name"]
+    assert (shipped / "saved_model" / "1" / "saved_model.pb").exists()
+    for kind in ("fp32", "fp16", "dynamic", "int8"):
+        assert (shipped / "tflite" / f"model_{kind}.tflite").stat().st_size > 10_000
+        assert best["metrics"][f"tflite_{kind}_nrmse"] > 0
+    assert "tflite_int8_nrmse" in md
 
 
 def test_verify_triplet_softmax(model_dir):
     _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
                  "--student_epochs=3", "--verify_softmax=off,on", "--ab_grid=0:0,1:0", "--transfer_inits=distill",
-                 "--verbose=0"))
+                 "--verbose=0", "--noexport"))
     models, _ = _results(model_dir, "verify")
     assert {"teacher", "teacher_softmax", "student_d8_distill_a0b0", "student_d8_distill_a1b0_softmax"} <= set(models)
     assert models["student_d8_distill_a1b0_softmax"]["softmax"] is True

@@ -180,3 +180,14 @@ def test_plots_write_png(tmp_path):
     for name in ("history.png", "ced.png", "plots/roc.png"):
         assert _png_ok(tmp_path / name), name
     assert sorted(os.listdir(tmp_path)) == ["ced.png", "history.png", "plots"]  # no temp files left
+
+
+def test_markdown_export_table(tmp_path):
+    model = {"name": "student_d8_distill_a0b1", "role": "student", "width_divisor": 8, "init": "distill",
+             "targets": ["hidden"], "alpha": 0.0, "beta": 1.0, "params": 1, "flops": 1, "metrics": {"nrmse": 5.0},
+             "export": {"keras": {"nrmse": 5.0},
+                        "saved_model": {"size_bytes": 4096, "max_abs_diff": 1.2e-7},
+                        "tflite_int8": {"size_bytes": 2048, "nrmse": 5.25}}}
+    md = R.write_markdown({"task": "align", "models": [model]}, str(tmp_path / "r.md"))
+    assert "| student_d8_distill_a0b1 | tflite_int8 | 2 | 5.25 | 5.00 |" in md
+    assert "| student_d8_distill_a0b1 | saved_model | 4 | max abs diff 1.2e-07 | 5.00 |" in md

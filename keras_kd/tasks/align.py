@@ -18,6 +18,8 @@ LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 class Align(TransferTask):
     name = "align"
+    headline = "nrmse"
+    lower_is_better = True
     heads = ("landmarks",)
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:

@@ -46,6 +46,8 @@ class Stage:
 class Task:
     name: str = ""
     heads: Tuple[str, ...] = ()
+    headline: str = ""                     # the metric that ranks models (and export records report)
+    lower_is_better = False
     uses_cls_data = False                  # trains on the classification data (cfg.cls_data)
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
@@ -63,6 +65,19 @@ class Task:
 
     def plots(self, artifacts: Dict[str, dict], out_dir: str) -> list:
         return []
+
+    def best_students(self, models: list) -> list:
+        """Names of the best evaluated student of each width by the headline metric (what main.py ships)."""
+        best = {}
+        for m in models:
+            value = m.get("metrics", {}).get(self.headline)
+            if m.get("role") != "student" or value is None or value != value:  # NaN
+                continue
+            key = value if self.lower_is_better else -value
+            d = m["width_divisor"]
+            if d not in best or key < best[d][0]:
+                best[d] = (key, m["name"])
+        return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])]
 
 
 def predict(model: keras.Model, ds: tf.data.Dataset, keys) -> Tuple[dict, dict]:

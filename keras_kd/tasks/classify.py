@@ -11,6 +11,7 @@ from keras_kd.tasks.base import Stage, Task, predict
 
 class Classify(Task):
     name = "classify"
+    headline = "top1"
     uses_cls_data = True
 
     def task_loss(self, stage: Stage, cfg: Config):

@@ -14,6 +14,7 @@ from keras_kd.tasks.transfer import TransferTask
 
 class Verify(TransferTask):
     name = "verify"
+    headline = "rank1"
     heads = ("embedding",)
 
     def variants(self, cfg: Config):

@@ -1,0 +1,212 @@
+"""tensorflow-model-optimization on a student, with distillation still on: QAT and magnitude pruning.
+
+Both fine-tune the student with keras_kd.distill.distiller.Distiller against the task's frozen teacher:
+task loss + α·soft targets (α = Config.alpha, τ = Config.temperature). Only the soft target is kept: the
+hidden target's dense adapter was a training device and was not saved, and a fresh one would first pull
+the student towards a random projection.
+
+What tfmot supports in these models (measured with tfmot 0.8.1, tf_keras 2.21):
+
+- ``quantize_model`` refuses the model as is: the input's standalone BatchNormalization ("Layer input_bn
+  ... is not supported"), the landmark head's Rescaling and the embedding's UnitNormalization are not in
+  the default 8-bit registry. BatchNormalization after a convolution, Conv2D, Dense, ReLU, Add,
+  MaxPooling2D, GlobalAveragePooling2D and Reshape are. So the model is annotated layer by layer and those
+  three get ``OutputQuantizeConfig`` (their output quantized, their math kept float during training; the
+  converter then quantizes them as MUL/ADD, L2_NORMALIZATION). Any other unsupported layer stops with an
+  error naming it.
+- ``prune_low_magnitude`` is applied to Conv2D and Dense layers only (the layers with kernels); the rest
+  of the model is cloned as is.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from export import saved_model
+from export.saved_model import ExportError
+from keras_kd.config import Config
+from keras_kd.data import pipeline
+from keras_kd.distill.distiller import Distiller
+from keras_kd.keras import keras, tf
+from keras_kd.tasks import TASKS, Stage
+
+import tensorflow_model_optimization as tfmot  # noqa: E402  (after keras_kd.keras: TF_USE_LEGACY_KERAS)
+
+qk = tfmot.quantization.keras
+# Layers the default 8-bit registry lacks but whose output can simply be quantized (see module docstring).
+OUTPUT_ONLY_TYPES = (keras.layers.BatchNormalization, keras.layers.Rescaling, keras.layers.UnitNormalization)
+FOLDED_BN_AFTER = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+PRUNABLE_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
+
+
+class OptimizeError(ExportError):
+    """QAT or pruning cannot be applied; the message names the layer or setting."""
+
+
+class OutputQuantizeConfig(qk.QuantizeConfig):
+    """Quantizes only the layer's output (8-bit, asymmetric, moving-average range); weights stay float."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [qk.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                     narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+def _needs_output_config(layer) -> bool:
+    if isinstance(layer, keras.layers.BatchNormalization):
+        inbound = [l for node in layer.inbound_nodes for l in tf.nest.flatten(node.inbound_layers)]
+        return not any(isinstance(l, FOLDED_BN_AFTER) for l in inbound)
+    return isinstance(layer, OUTPUT_ONLY_TYPES)
+
+
+def quantize_aware(model: keras.Model) -> Tuple[keras.Model, list]:
+    """The QAT model of ``model`` (quantize_apply copies the weights) and the names of the layers given
+    OutputQuantizeConfig."""
+    output_only = []
+
+    def annotate(layer):
+        if _needs_output_config(layer):
+            output_only.append(layer.name)
+            return qk.quantize_annotate_layer(layer, OutputQuantizeConfig())
+        return qk.quantize_annotate_layer(layer)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)  # wraps model's own layers
+    try:
+        with qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
+            return qk.quantize_apply(annotated), output_only
+    except RuntimeError as e:  # tfmot names the unsupported layer
+        raise OptimizeError(f"quantization-aware training: {str(e).splitlines()[0]}") from None
+
+
+def prunable(model: keras.Model, schedule) -> keras.Model:
+    """``model`` with prune_low_magnitude on every Conv2D and Dense layer.
+
+    The clone wraps and shares ``model``'s own layers (tfmot's way), so training it changes ``model``:
+    pass a freshly loaded copy.
+    """
+    def wrap(layer):
+        if isinstance(layer, PRUNABLE_TYPES):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=wrap)
+
+
+def schedule_for(target: float, total_steps: int):
+    """PolynomialDecay from 0 to ``target``, reached at ~75% of the steps, so the last quarter fine-tunes
+    at the final sparsity; masks update every 1/10 of the run (every step on tiny runs)."""
+    if not 0.0 < target < 1.0:
+        raise OptimizeError(f"--prune: target sparsity must be in (0, 1), got {target}")
+    if total_steps < 2:
+        raise OptimizeError("pruning needs at least 2 training steps")
+    frequency = max(1, min(100, total_steps // 10))
+    end = max(frequency, frequency * int(0.75 * (total_steps - 1) // frequency))
+    return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=float(target),
+                                                begin_step=0, end_step=end, frequency=frequency)
+
+
+def kernel_sparsity(model: keras.Model) -> Dict[str, float]:
+    """Fraction of exactly-zero weights over all Conv2D/Dense kernels ("sparsity") and the lowest of any
+    one layer ("min_layer_sparsity"), measured on the weights themselves."""
+    zeros = total = 0
+    lowest = 1.0
+    for layer in model.layers:
+        if isinstance(layer, PRUNABLE_TYPES):
+            k = layer.kernel.numpy()
+            z = int(np.sum(k == 0))
+            zeros, total = zeros + z, total + k.size
+            lowest = min(lowest, z / k.size)
+    return {"sparsity": zeros / max(total, 1), "min_layer_sparsity": lowest, "pruned_weights": float(total)}
+
+
+def gzip_size(path: str) -> int:
+    """Bytes of the file gzipped (level 9): what sparsity buys on the wire and on disk."""
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=9))
+
+
+def distill_fine_tune(student: keras.Model, teacher: keras.Model, stage: Stage, data_dir: str, cfg: Config,
+                      epochs: int, callbacks: Sequence = ()) -> dict:
+    """Trains ``student`` for ``epochs`` with the stage's task loss + soft targets from ``teacher``
+    (frozen), at the initialized learning rate (Config.lr_init), on one device (export is a single-process
+    step, whatever strategy the run trained with); returns {"steps", "train_seconds", "loss"}."""
+    task = TASKS[stage.task]
+    train_cfg = task.batch_config(cfg, training=True)
+    meta_steps = _train_steps(data_dir, train_cfg.batch_size)
+    distiller = Distiller(student, teacher, task.task_loss(stage, cfg), (("soft", cfg.alpha),),
+                          cfg.temperature, cfg.tau2)
+    distiller.compile(keras.optimizers.SGD(cfg.lr_init, momentum=cfg.momentum, nesterov=True))
+    ds = pipeline.make_dataset(data_dir, "train", train_cfg, training=True)
+    t0 = time.time()
+    hist = distiller.fit(ds, epochs=epochs, steps_per_epoch=meta_steps, callbacks=list(callbacks),
+                         verbose=cfg.verbose).history
+    loss = [round(float(v), 5) for v in hist["loss"]]  # per epoch
+    if not np.isfinite(loss[-1]):
+        raise OptimizeError(f"{stage.name}: loss became NaN/Inf during fine-tuning")
+    return {"steps": epochs * meta_steps, "train_seconds": round(time.time() - t0, 1), "loss": loss}
+
+
+def _train_steps(data_dir: str, batch_size: int) -> int:
+    from keras_kd.data.example import read_meta
+    return max(1, int(read_meta(data_dir)["splits"]["train"]) // batch_size)
+
+
+def steps_per_epoch(task: str, data_dir: str, cfg: Config) -> int:
+    return _train_steps(data_dir, TASKS[task].batch_config(cfg, training=True).batch_size)
+
+
+def qat(student: keras.Model, teacher: keras.Model, stage: Stage, data_dir: str, cfg: Config,
+        epochs: int) -> Tuple[keras.Model, dict]:
+    """Quantization-aware training with distillation; returns the QAT model and what was done."""
+    qmodel, output_only = quantize_aware(student)
+    info = distill_fine_tune(qmodel, teacher, stage, data_dir, cfg, epochs)
+    info["output_quantize_config_layers"] = output_only
+    return qmodel, info
+
+
+def prune(student: keras.Model, teacher: keras.Model, stage: Stage, data_dir: str, cfg: Config,
+          epochs: int, target: float) -> Tuple[keras.Model, dict]:
+    """Magnitude pruning to ``target`` sparsity with distillation, then strip_pruning: returns the plain
+    (pruned) Keras model and what was done, including the measured sparsity."""
+    total = epochs * steps_per_epoch(stage.task, data_dir, cfg)
+    schedule = schedule_for(target, total)
+    pmodel = prunable(student, schedule)
+    info = distill_fine_tune(pmodel, teacher, stage, data_dir, cfg, epochs,
+                             callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(pmodel)
+    info.update(kernel_sparsity(stripped), target_sparsity=float(target), schedule_end_step=int(schedule.end_step),
+                schedule_frequency=int(schedule.frequency))
+    return stripped, info
+
+
+def temp_savedmodel(model: keras.Model, task: str, image_size: int, parent: str) -> str:
+    """A throw-away SavedModel with only ``serving_crop`` (what the converter reads) under ``parent``."""
+    path = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    shutil.rmtree(path)
+    saved_model.save(model, task, image_size, path, signatures=("serving_crop",))
+    return path
+
+
+def remove_tree(path: Optional[str]) -> None:
+    if path and os.path.exists(path):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""Flags of `python -m export`: definitions and validation, so bad values fail before any work.
+
+The run's Config is not passed on the command line: it is re-created from what the stages saved
+(export.config_from_stages); only what a stage record does not hold (data location, embedding size) is
+asked for here.
+"""
+from __future__ import annotations
+
+from absl import flags
+
+from export import FORMATS
+
+FLAGS = flags.FLAGS
+TASK_NAMES = ("classify", "align", "verify")
+
+flags.DEFINE_string("model_dir", "runs", "The training run's --model_dir (stages under <model_dir>/<task>/stages).")
+flags.DEFINE_enum("task", None, TASK_NAMES, "Task whose students to export.")
+flags.DEFINE_list("models", None, "Stage names to export (default: every evaluated student saved under "
+                  "<model_dir>/<task>/stages; name a teacher here to export it too).")
+flags.DEFINE_list("formats", list(FORMATS), "Any of " + ", ".join(FORMATS) + ".")
+flags.DEFINE_bool("qat", False, "Also quantization-aware training with distillation → model_qat_int8.tflite.")
+flags.DEFINE_integer("qat_epochs", 1, "Epochs of quantization-aware training.", lower_bound=1)
+flags.DEFINE_float("prune", 0.0, "Also magnitude pruning with distillation to this sparsity (0 < s < 1; 0: "
+                   "off) → model_pruned_fp32.tflite.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_integer("prune_epochs", 2, "Epochs of pruning fine-tuning.", lower_bound=1)
+flags.DEFINE_integer("version", 1, "SavedModel version directory (TF Serving serves the highest).", lower_bound=1)
+flags.DEFINE_bool("int8_io", False, "Full-integer TFLite files take uint8 pixels and return int8 outputs "
+                  "(default: float input and outputs around the integer model).")
+flags.DEFINE_integer("representative_samples", 100, "Training images calibrating full-integer quantization.",
+                     lower_bound=1)
+flags.DEFINE_string("data", "", "The run's --data directory (default: the synthetic set under "
+                    "<model_dir>/data with the stages' class count).")
+flags.DEFINE_string("cls_data", "", "The run's --cls_data, if it had one.")
+flags.DEFINE_integer("embedding_dim", 0, "The run's --embedding_dim (verification).", lower_bound=0)
+flags.DEFINE_integer("batch_size", None, "Classification/alignment batch of fine-tuning and evaluation "
+                     "(default: Config's).", lower_bound=1)
+flags.DEFINE_integer("ids_per_batch", None, "Verification fine-tuning batches: P identities ... (default: "
+                     "Config's, at most half the identities).", lower_bound=2)
+flags.DEFINE_integer("images_per_id", None, "... × K images each (default: Config's).", lower_bound=2)
+flags.DEFINE_integer("seed", 0, "Random seed of QAT/pruning fine-tuning.", lower_bound=0)
+flags.DEFINE_bool("overwrite", False, "Re-export even where export.json records the same checkpoint and options.")
+flags.DEFINE_bool("update_results", True, "Merge the export records into <model_dir>/<task>/results.json.")
+flags.DEFINE_integer("verbose", 0, "Keras fit verbosity of QAT/pruning.", lower_bound=0, upper_bound=2)
+
+flags.mark_flag_as_required("task")
+flags.register_validator("formats", lambda v: bool(v) and set(v) <= set(FORMATS),
+                         "--formats: any of " + ", ".join(FORMATS))
+flags.register_validator("prune", lambda v: v == 0.0 or 0.0 < v < 1.0, "--prune: a sparsity in (0, 1), or 0")
+
+
+def config_overrides(fv: flags.FlagValues = FLAGS) -> dict:
+    """Config fields the flags set (the rest comes from the stages' records and Config's defaults)."""
+    kw = dict(embedding_dim=fv.embedding_dim, seed=fv.seed, verbose=fv.verbose)
+    if fv.batch_size:
+        kw.update(batch_size=fv.batch_size, align_batch_size=fv.batch_size)
+    for name in ("ids_per_batch", "images_per_id"):
+        if fv[name].value:
+            kw[name] = fv[name].value
+    return kw
+
+
+def run_options(fv: flags.FlagValues = FLAGS) -> dict:
+    """Keyword arguments of export.run."""
+    return dict(models=fv.models or None, formats=tuple(fv.formats), qat=fv.qat, prune=fv.prune,
+                version=fv.version, int8_io=fv.int8_io, qat_epochs=fv.qat_epochs, prune_epochs=fv.prune_epochs,
+                representative_samples=fv.representative_samples, update_results=fv.update_results,
+                overwrite=fv.overwrite)
