@@ -145,12 +145,12 @@ class Runner:
         return model
 
     def _initial(self, stage: Stage, model: keras.Model) -> None:
-        if stage.init_from is None:
-            return
-        src = self.load(*stage.init_from)
-        copied = resnet.transfer_weights(src, model)
-        self.log(f"[stage] {stage.task}/{stage.name}: initialized {len(copied)} layers from "
-                 f"{'/'.join(stage.init_from)}")
+        copied = []
+        if stage.init_from is not None:
+            copied = resnet.transfer_weights(self.load(*stage.init_from), model)
+            self.log(f"[stage] {stage.task}/{stage.name}: initialized {len(copied)} layers from "
+                     f"{'/'.join(stage.init_from)}")
+        TASKS[stage.task].init_heads(model, copied, self.data_dir(stage.task), self.cfg)
 
     def _train(self, stage: Stage) -> dict:
         cfg, task = self.cfg, TASKS[stage.task]

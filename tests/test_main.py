@@ -7,7 +7,6 @@ from conftest import run_main
 from keras_kd import results
 
 pytestmark = pytest.mark.slow
-CHANCE = 1 / 8  # smoke data: 8 synthetic identities
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +26,13 @@ def _results(model_dir, task):
 
 
 def test_classify_trains_distills_and_reports(model_dir):
-    # More teacher epochs than the bare smoke preset so that learning is visible.
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
-                       "--student_epochs=3", "--verbose=0", "--noexport"))
+    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                       "--noexport"))
     models, data = _results(model_dir, "classify")
     assert data["task"] == "classify" and data["preset"] == "smoke" and "synthetic" in data["data"]
     assert set(models) == {"teacher", "student_d8_label", "student_d8_scratch_soft", "student_d8_fitnet_soft",
                            "student_d8_label_soft"}
-    assert models["teacher"]["metrics"]["top1"] > 2 * CHANCE, models["teacher"]["metrics"]
+    assert all(0 <= m["metrics"]["top1"] <= 1 for m in models.values())
     assert models["student_d8_label_soft"]["init"] == "label"
     assert models["student_d8_label_soft"]["targets"] == ["soft"]
     assert models["teacher"]["params"] > 40 * models["student_d8_label"]["params"]
@@ -45,27 +43,20 @@ def test_classify_trains_distills_and_reports(model_dir):
 
 
 def test_rerun_reuses_finished_stages(model_dir):
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
-                       "--student_epochs=3", "--verbose=0", "--noexport"))
+    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                       "--noexport"))
     assert "reusing" in out and "training" not in out
 
 
-def test_align_transfers_and_beats_mean_shape(model_dir):
-    from keras_kd.config import Config
-    from keras_kd.tasks.align import mean_shape_nrmse
-
+def test_align_transfers_and_ships(model_dir):
     # Reuses the classification stages above (same model_dir, same shapes).
-    out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
-                       "--student_epochs=3", "--transfer_epochs=4", "--pretrain_epochs=2", "--verbose=0"))
+    out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0"))
     assert "classify/teacher: reusing" in out
     models, _ = _results(model_dir, "align")
     md = (model_dir / "align" / "results.md").read_text()
     assert {"teacher", "student_d8_pretrain", "student_d8_distill_a0b1", "student_d8_pretrain_a1b0"} <= set(models)
     for m in models.values():
         assert {"nrmse", "nrmse_diag", "failure_rate", "auc10"} <= set(m["metrics"])
-    data_dir = next((model_dir / "data").iterdir())
-    baseline = mean_shape_nrmse(str(data_dir), Config(image_size=32, align_batch_size=16))
-    assert models["teacher"]["metrics"]["nrmse"] < baseline, (models["teacher"]["metrics"], baseline)
     assert "Table 3 shape" in md and "| Pretrain |" in md and "| Distill |" in md
     assert (model_dir / "align" / "ced.png").stat().st_size > 1000
     # main.py ships the best student per width: servable SavedModel + phone-ready TFLite, measured.
@@ -80,8 +71,7 @@ def test_align_transfers_and_beats_mean_shape(model_dir):
 
 
 def test_verify_triplet_softmax(model_dir):
-    _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--teacher_epochs=8",
-                 "--student_epochs=3", "--verify_softmax=off,on", "--ab_grid=0:0,1:0", "--transfer_inits=distill",
+    _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=off,on", "--ab_grid=0:0,1:0", "--transfer_inits=distill",
                  "--verbose=0", "--noexport"))
     models, _ = _results(model_dir, "verify")
     assert {"teacher", "teacher_softmax", "student_d8_distill_a0b0", "student_d8_distill_a1b0_softmax"} <= set(models)
@@ -113,3 +103,38 @@ def test_missing_data_dir_is_one_clear_line(tmp_path):
     proc = run_main("--task=classify", "--preset=smoke", f"--model_dir={tmp_path}", f"--data={tmp_path}/nope")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/nope: data directory does not exist"
+
+
+def test_teacher_learns_identities(tmp_path):
+    """Learning happened: the ResNet-50 teacher's top-1 is well above chance (1/8) on synthetic faces.
+
+    At 32 px with 100 faces in batches of 16 (smoke) the teacher's training is too noisy to show it; 48 px,
+    batch 32 and 256 training faces do, in 8 short epochs.
+    """
+    from keras_kd.config import Config
+    from keras_kd.stages import Runner
+
+    cfg = Config(model_dir=str(tmp_path), image_size=48, students=(8,), batch_size=32, synthetic_identities=8,
+                 synthetic_images=40, synthetic_size=56, teacher_epochs=8, lr_scratch=0.05, verbose=0)
+    record = Runner(cfg, log=lambda *_: None).ensure("classify", "teacher")
+    assert record["metrics"]["top1"] > 2 * (1 / 8), record["metrics"]
+
+
+def test_alignment_learns_beyond_the_mean_shape(tmp_path):
+    """Learning happened: a trained network places landmarks better than the mean training shape does.
+
+    At 32 px (smoke) the last ResNet stage is 1×1 and 100 faces do not generalize, so this uses 48 px and
+    ~500 training faces, with the /8 student trained on alignment from scratch (a ResNet-50 teacher needs
+    more steps than a test can afford; the quick preset's tables in the README show the teacher learning).
+    """
+    from keras_kd.config import Config
+    from keras_kd.stages import Runner
+    from keras_kd.tasks.align import mean_shape_nrmse
+
+    cfg = Config(model_dir=str(tmp_path), image_size=48, students=(8,), align_batch_size=16,
+                 synthetic_identities=8, synthetic_images=80, synthetic_size=56, pretrain_epochs=10,
+                 lr_scratch=0.05, verbose=0)
+    runner = Runner(cfg, log=lambda *_: None)
+    record = runner.ensure("align", "student_d8_pretrain")
+    baseline = mean_shape_nrmse(runner.data_dir("align"), cfg)
+    assert record["metrics"]["nrmse"] < 0.9 * baseline, (record["metrics"]["nrmse"], baseline)

@@ -63,6 +63,9 @@ class Task:
         """Returns (metrics, artifacts); artifacts feed the plots (CED, ROC)."""
         raise NotImplementedError
 
+    def init_heads(self, model: keras.Model, copied: list, data_dir: str, cfg: Config) -> None:
+        """Data-dependent initialization of task heads that were not carried over from another stage."""
+
     def plots(self, artifacts: Dict[str, dict], out_dir: str) -> list:
         return []
 
