@@ -28,7 +28,8 @@ def test_missing_file_is_empty_and_round_trip(tmp_path):
     assert not [f for f in os.listdir(path.parent) if f != "results.json"]  # no temp file left behind
     back = R.Results.load(str(path))
     assert [m["name"] for m in back.models] == ["teacher", "student_d8_label"]
-    assert back.get("teacher")["metrics"]["top1"] == 0.5 and back.get("student_d8_label")["train_seconds"] == 1.5
+    kept_extra_key = back.get("student_d8_label")["train_seconds"]  # a stored field, not a timing
+    assert back.get("teacher")["metrics"]["top1"] == 0.5 and kept_extra_key == 1.5
     assert back.data["extra_key"] == {"a": 1} and back.data["seed"] == 3 and "T" in back.data["updated"]
 
 
