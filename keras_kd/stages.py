@@ -255,12 +255,17 @@ class Runner:
 
 @contextlib.contextmanager
 def _naming_bad_records(data_dir: str):
-    """Turns tf.data's anonymous read/decode errors into a DataError naming the file and record."""
+    """Turns tf.data's anonymous read/decode errors into a DataError naming the file and record.
+
+    Only when a bad record is found: any other error of these types is a bug to see with its traceback.
+    """
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
         culprit = next(filter(None, (pipeline.find_bad_record(data_dir, s) for s in ("train", "test"))), None)
-        raise DataError(culprit or f"{data_dir}: {str(e).strip().splitlines()[0][:200]}") from None
+        if culprit is None:
+            raise
+        raise DataError(culprit) from None
 
 
 def _fmt(metrics: dict) -> str:
