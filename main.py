@@ -9,6 +9,7 @@ from absl import flags as absl_flags
 import export
 import flags.main_flags as main_flags
 from keras_kd.data.example import DataError
+from keras_kd.distribute import StrategyError
 from keras_kd.stages import Runner, StageError
 from keras_kd.tasks import TASKS
 
@@ -22,12 +23,15 @@ def main(argv):
     try:
         runner = Runner(cfg)
         res = runner.run(cfg.task)
+        if runner.worker:
+            print(f"[done] worker {runner.worker}: finished; the chief writes results and exports")
+            return 0
         if FLAGS.export:
             task = TASKS[cfg.task]
             models = None if FLAGS.export_models == "all" else task.best_students(res["models"])
             print(f"[export] {cfg.task}: {', '.join(models) if models else 'all evaluated students'}")
             export.run(runner, cfg.task, models=models)
-    except (DataError, StageError, export.ExportError) as e:
+    except (DataError, StageError, StrategyError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     md = f"{cfg.model_dir}/{cfg.task}/results.md"

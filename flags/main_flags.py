@@ -5,6 +5,7 @@ from absl import flags
 
 from flags.presets import PRESETS
 from keras_kd.config import Config
+from keras_kd.distribute import STRATEGIES
 from keras_kd.distill.losses import TARGETS
 
 TASK_NAMES = ("classify", "align", "verify")
@@ -20,8 +21,14 @@ flags.DEFINE_string("model_dir", "runs", "Where stages, results and logs go; fin
 flags.DEFINE_enum("preset", "quick", list(PRESETS), "Named bundle of defaults: " + ", ".join(PRESETS))
 flags.DEFINE_integer("seed", 0, "Random seed (weights init, shuffling, augmentation).", lower_bound=0)
 flags.DEFINE_bool("overwrite", False, "Retrain stages even when saved ones exist.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
-                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_enum("strategy", "auto", list(STRATEGIES),
+                  "tf.distribute strategy: auto (Mirrored over several GPUs, else one device), one_device, "
+                  "mirrored, multi_worker (reads TF_CONFIG; python -m keras_kd.launch tries it locally), tpu.")
+flags.DEFINE_integer("backup_steps", 0, "Back up the training state every N steps (0: at each epoch end); "
+                     "a killed run resumes from the last backup when the same command is run again.",
+                     lower_bound=0)
+flags.DEFINE_bool("skip_corrupt", False, "Skip unreadable records (CRC errors, undecodable images, labels "
+                  "out of range) instead of stopping; they are counted and listed in the log first.")
 flags.DEFINE_bool("export", True, "After training, export students as SavedModel + TFLite (docs/serving.md); "
                   "--noexport skips it.")
 flags.DEFINE_enum("export_models", "best", ["best", "all"], "Which students main.py exports: the best of each "

@@ -22,6 +22,8 @@ class Config:
     overwrite: bool = False
     strategy: str = "auto"
     verbose: int = 1
+    backup_steps: int = 0                  # back up training state every N steps; 0 = at each epoch end
+    skip_corrupt: bool = False             # skip (and count) corrupt records instead of stopping
 
     # models
     students: Tuple[int, ...] = (2, 4, 8)

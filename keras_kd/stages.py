@@ -5,19 +5,27 @@
     runs/<task>/stages/<name>.eval.npz     evaluation arrays for plots (CED errors, ROC)
     runs/<task>/results.json|results.md    the experiment's table; training_curves.png, ced.png, roc.png
     runs/<task>/logs/<name>/               TensorBoard
+    runs/<task>/backup/<name>/             training state of an unfinished stage (BackupAndRestore)
+    runs/.workers/worker-<i>/              other workers' copies in a multi-worker run (distribute.py)
 
 A stage needs the stages it starts from (`init_from`) and learns from (`teacher`), in any task: alignment
 asks for the classification teacher and the distilled classification students, which are trained first
 when `runs/classify` lacks them and reused when it has them.
+
+A killed run loses at most the work since the last backup: run the same command again and finished stages
+are reused, the interrupted one resumes from its backup, the rest run as planned. Every file a later run
+trusts is written to a temporary name and renamed, so a kill never leaves a half-written one.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -31,7 +39,11 @@ from keras_kd.models import resnet
 from keras_kd.tasks import TASKS, Stage
 
 # Shapes a saved stage must share with the current run to be reused.
-COMPAT_KEYS = ("image_size", "num_classes", "width_divisor")
+COMPAT_KEYS = ("image_size", "num_classes", "width_divisor", "data")
+# Settings that change what an interrupted stage's training is: a backup made with others is not resumed.
+_BACKUP_KEYS = ("image_size", "seed", "lr_decay_epochs", "lr_decay_factor", "momentum", "weight_decay",
+                "temperature", "tau2", "margin", "mining", "embedding_dim", "backup_steps",
+                "steps_per_execution")
 
 
 class StageError(RuntimeError):
@@ -39,10 +51,91 @@ class StageError(RuntimeError):
 
 
 def _atomic_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
+
+
+def _atomic_npz(path: str, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+class _NanGuard(keras.callbacks.Callback):
+    """Stops at the first step whose loss is NaN/Inf and remembers where (TerminateOnNaN, but it says)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
+            self.bad = (self._epoch, int(batch), float(loss))
+            self.model.stop_training = True
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Per-epoch logs kept beside the backup, so a resumed stage reports its whole training history."""
+
+    def __init__(self, path: str, write: bool):
+        super().__init__()
+        self.path, self.write = path, write
+        self.epochs: Dict[int, dict] = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.epochs = {int(k): v for k, v in json.load(f).items()}
+
+    def resume_at(self, epoch: int) -> None:
+        """Forget epochs the backup does not hold (written after the last backup, before the kill)."""
+        self.epochs = {e: v for e, v in self.epochs.items() if e < epoch}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
+        if self.write:
+            _atomic_json(self.path, self.epochs)
+
+    def history(self) -> Dict[str, List[float]]:
+        keys = sorted({k for v in self.epochs.values() for k in v})
+        return {k: [self.epochs[e].get(k, float("nan")) for e in sorted(self.epochs)] for k in keys}
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that says where a stage resumes and never backs up a state with a NaN loss."""
+
+    def __init__(self, backup_dir: str, save_freq, guard: _NanGuard, history: _EpochLog, steps: int,
+                 announce: Callable[[int, int], None]):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        # Its checkpointing needs only `extended.should_checkpoint`, which OneDeviceStrategy has too.
+        self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
+        self.guard, self.history, self.steps, self.announce = guard, history, steps, announce
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        state = self._training_state
+        epoch, batch = int(state._ckpt_saved_epoch.numpy()), int(state._ckpt_saved_batch.numpy())
+        if epoch < 0:
+            self.history.resume_at(0)
+            return
+        # What fit will do (worker_training_state.maybe_load_initial_counters_from_ckpt).
+        if self.save_freq == "epoch" or batch < 0 or batch == self.steps - 1:
+            start, step = epoch + 1, 0
+        else:
+            start, step = epoch, batch + 1
+        self.history.resume_at(start)
+        self.announce(start, step)
+
+    def _backup(self, epoch, batch=0):
+        if self.guard.bad is None:
+            super()._backup(epoch, batch)
 
 
 class Runner:
@@ -50,7 +143,13 @@ class Runner:
                  log: Callable[[str], None] = print):
         self.cfg = cfg
         self.strategy = strategy or distribute.get_strategy(cfg.strategy)
-        self.log = log
+        self.worker = distribute.worker_id(self.strategy)
+        # Where this process writes: the model_dir for the chief, a scratch copy for every other worker.
+        self.root = cfg.model_dir if self.worker == 0 else os.path.join(
+            cfg.model_dir, ".workers", f"worker-{self.worker}")
+        self.log = log if self.worker == 0 else (lambda msg: log(f"[worker {self.worker}] {msg}"))
+        self.data_problems: Dict[str, List[str]] = {}     # --skip_corrupt: what scan found, per data dir
+        self._readable_counts: Dict[str, Dict[str, int]] = {}
         self._plans: Dict[str, Dict[str, Stage]] = {}
         self._metas: Dict[str, dict] = {}
         self._records: Dict[tuple, dict] = {}
@@ -63,7 +162,7 @@ class Runner:
     def _synthetic(self) -> str:
         from keras_kd.data import synthetic
         c = self.cfg
-        path = os.path.join(c.model_dir, "data",
+        path = os.path.join(self.root, "data",
                             f"synthetic-{c.synthetic_identities}x{c.synthetic_images}-{c.synthetic_size}px")
         if not os.path.exists(os.path.join(path, "meta.json")):
             self.log(f"[data] generating synthetic faces into {path}")
@@ -94,8 +193,12 @@ class Runner:
         except KeyError:
             raise StageError(f"stage {task}/{name} is not part of the {task} plan with these flags") from None
 
-    def path(self, stage: Stage, suffix: str) -> str:
-        return os.path.join(self.cfg.model_dir, stage.task, "stages", stage.name + suffix)
+    def path(self, stage: Stage, suffix: str, root: Optional[str] = None) -> str:
+        """A stage's file; the chief's copy unless `root` says otherwise."""
+        return os.path.join(root or self.cfg.model_dir, stage.task, "stages", stage.name + suffix)
+
+    def backup_dir(self, stage: Stage, root: Optional[str] = None) -> str:
+        return os.path.join(root or self.cfg.model_dir, stage.task, "backup", stage.name)
 
     def build(self, stage: Stage) -> keras.Model:
         return resnet.build_model(stage.width_divisor, self.cfg.image_size, self.num_classes,
@@ -128,8 +231,8 @@ class Runner:
 
     def _check_compatible(self, stage: Stage, record: dict) -> None:
         want = {"image_size": self.cfg.image_size, "num_classes": self.num_classes,
-                "width_divisor": stage.width_divisor}
-        bad = [f"{k}={record.get(k)} (now {want[k]})" for k in COMPAT_KEYS if record.get(k) != want[k]]
+                "width_divisor": stage.width_divisor, "data": self.meta(stage.task)["name"]}
+        bad = [f"{k}={record.get(k)!r} (now {want[k]!r})" for k in COMPAT_KEYS if record.get(k) != want[k]]
         if bad:
             raise StageError(f"{self.path(stage, '.json')}: saved with {', '.join(bad)}; use another "
                              "--model_dir or --overwrite")
@@ -137,7 +240,9 @@ class Runner:
     def load(self, task: str, name: str) -> keras.Model:
         stage = self.stage(task, name)
         model = self.build(stage)
-        path = self.path(stage, ".weights.h5")
+        # A worker reads its own copy when it has one: the chief's may still be being written.
+        own = self.path(stage, ".weights.h5", self.root)
+        path = own if os.path.exists(own) else self.path(stage, ".weights.h5")
         try:
             model.load_weights(path)
         except (OSError, ValueError) as e:
@@ -154,15 +259,18 @@ class Runner:
 
     def _train(self, stage: Stage) -> dict:
         cfg, task = self.cfg, TASKS[stage.task]
+        label = f"{stage.task}/{stage.name}"
         keras.utils.set_random_seed(cfg.seed)  # per stage: a stage's result does not depend on run order
         meta = self.meta(stage.task)
         data_dir = self.data_dir(stage.task)
+        num_classes = int(meta["num_classes"]) if task.uses_labels else None
         train_cfg = task.batch_config(cfg, training=True)
         if train_cfg.pk and train_cfg.pk[0] > int(meta["num_classes"]):
             raise StageError(f"--ids_per_batch={train_cfg.pk[0]} but {data_dir} has only "
                              f"{meta['num_classes']} identities")
-        steps = max(1, int(meta["splits"]["train"]) // train_cfg.batch_size)
-        self.log(f"[stage] {stage.task}/{stage.name}: training {stage.epochs} epochs × {steps} steps "
+        n_train = self._readable(data_dir, num_classes) if cfg.skip_corrupt else int(meta["splits"]["train"])
+        steps = max(1, n_train // train_cfg.batch_size)
+        self.log(f"[stage] {label}: training {stage.epochs} epochs × {steps} steps "
                  f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})")
         with self.strategy.scope():
             student = self.build(stage)
@@ -178,19 +286,33 @@ class Runner:
                               steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx))
-        logs = os.path.join(cfg.model_dir, stage.task, "logs", stage.name)
-        callbacks = [keras.callbacks.TerminateOnNaN(),
-                     keras.callbacks.TensorBoard(logs, update_freq="epoch", profile_batch=0)]
+        backup = self._prepare_backup(stage, {
+            "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
+            "data": meta["name"], **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
+        guard = _NanGuard()
+        epoch_log = _EpochLog(os.path.join(self.backup_dir(stage, self.root), "history.json"), write=True)
+        resumed = []
+
+        def announce(epoch: int, step: int) -> None:
+            resumed.append((epoch, step))
+            at = f"epoch {epoch + 1}/{stage.epochs}" + (f", step {step + 1}/{steps}" if step else "")
+            self.log(f"[stage] {label}: resuming at {at} from the backup in {backup}")
+
+        callbacks = [guard, epoch_log,
+                     _Backup(backup, cfg.backup_steps or "epoch", guard, epoch_log, steps, announce),
+                     keras.callbacks.TensorBoard(os.path.join(self.root, stage.task, "logs", stage.name),
+                                                 update_freq="epoch", profile_batch=0)]
         t0 = time.time()
-        with _naming_bad_records(data_dir):
+        with _naming_bad_records(data_dir, num_classes):
             history = distiller.fit(ds, epochs=stage.epochs, steps_per_epoch=steps, callbacks=callbacks,
                                     verbose=cfg.verbose)
         seconds = time.time() - t0
-        hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-        if any(not np.isfinite(v[-1]) for v in hist.values()):
-            raise StageError(f"stage {stage.task}/{stage.name}: loss became NaN/Inf; weights not saved "
-                             "(lower the learning rate?)")
-        with _naming_bad_records(data_dir):
+        if guard.bad is not None:
+            epoch, step, loss = guard.bad
+            raise StageError(f"stage {label}: loss became {loss} at epoch {epoch + 1}, step {step + 1}/{steps}; "
+                             "weights not saved (lower its learning rate: --lr_scratch / --lr_init)")
+        hist = epoch_log.history() or {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        with _naming_bad_records(data_dir, num_classes):
             metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
         record = {
             "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor,
@@ -199,30 +321,88 @@ class Runner:
             "params": resnet.count_params(student), "flops": resnet.count_flops(student),
             "metrics": {k: float(v) for k, v in metrics.items()},
             "epochs": stage.epochs, "train_seconds": round(seconds, 1), "seed": cfg.seed,
-            "image_size": cfg.image_size, "num_classes": self.num_classes, "evaluate": stage.evaluate,
-            "history": hist,
+            "image_size": cfg.image_size, "num_classes": self.num_classes, "data": meta["name"],
+            "evaluate": stage.evaluate, "history": hist,
         }
+        if resumed:
+            record["resumed_at_epoch"] = resumed[0][0] + 1
+        if self.data_problems.get(data_dir):
+            record["skipped_problems"] = len(self.data_problems[data_dir])
         if stage.task == "verify":
             record["softmax"] = stage.softmax
-        if distribute.is_chief(self.strategy):
-            self._save(stage, student, record, artifacts)
-        self.log(f"[stage] {stage.task}/{stage.name}: {stage.epochs} epochs in {seconds:.0f}s, loss "
-                 f"{hist['loss'][0]:.3f} → {hist['loss'][-1]:.3f}; {_fmt(record['metrics'])}")
+        # Every worker saves (reading synchronized variables is a collective), each into its own root.
+        self._save(stage, student, record, artifacts)
+        shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)  # the chief's is the shared one
+        loss = hist.get("loss") or [float("nan")]
+        self.log(f"[stage] {label}: {stage.epochs} epochs in {seconds:.0f}s, loss "
+                 f"{loss[0]:.3f} → {loss[-1]:.3f}; {_fmt(record['metrics'])}")
         return record
+
+    def _prepare_backup(self, stage: Stage, signature: dict) -> str:
+        """The stage's backup directory, emptied unless it holds a backup of this very stage's training.
+
+        A backup made with other settings (learning rate, epochs, batch, data...) would resume a different
+        training: it is discarded, and the log says so.
+        """
+        path = self.backup_dir(stage)
+        signature = json.loads(json.dumps(signature))
+        sig_path = os.path.join(path, "stage.json")
+        reason = None
+        if self.cfg.overwrite:
+            reason = "--overwrite"
+        elif os.path.exists(sig_path):
+            with open(sig_path) as f:
+                saved = json.load(f)
+            if saved != signature:
+                keys = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+                reason = f"made with other settings ({', '.join(keys)})"
+        elif os.path.exists(path):
+            reason = "incomplete"
+        if reason and os.path.exists(path):
+            self.log(f"[stage] {stage.task}/{stage.name}: discarding the backup in {path} ({reason})")
+        if self.worker == 0:
+            if reason:
+                shutil.rmtree(path, ignore_errors=True)
+            if not os.path.exists(sig_path):
+                _atomic_json(sig_path, signature)
+        elif reason:
+            shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)
+        return path
+
+    def _readable(self, data_dir: str, num_classes: Optional[int]) -> int:
+        """--skip_corrupt: reads every record once, reports what will be skipped, returns the good count."""
+        if data_dir not in self.data_problems:
+            problems, good = [], {}
+            for split in ("train", "test"):
+                found, good[split] = pipeline.scan(data_dir, split, num_classes)
+                problems += found
+            self.data_problems[data_dir] = problems
+            self._readable_counts[data_dir] = good
+            if problems:
+                self.log(f"[data] {data_dir}: --skip_corrupt: skipping {len(problems)} bad record(s) or shard "
+                         f"tail(s); {good['train']} train + {good['test']} test records readable")
+                for line in problems[:10]:
+                    self.log(f"[data]   {line}")
+                if len(problems) > 10:
+                    self.log(f"[data]   ... and {len(problems) - 10} more")
+        good = self._readable_counts[data_dir]
+        if not good["train"]:
+            raise DataError(f"{data_dir}: no readable train record")
+        return good["train"]
 
     def _save(self, stage: Stage, model: keras.Model, record: dict, artifacts: dict) -> None:
         """Weights first, record last (each via temp file + rename): a record means the weights are whole."""
-        os.makedirs(os.path.dirname(self.path(stage, "")), exist_ok=True)
-        weights = self.path(stage, ".weights.h5")
-        tmp = self.path(stage, ".partial.weights.h5")  # the suffix picks the format
+        os.makedirs(os.path.dirname(self.path(stage, "", self.root)), exist_ok=True)
+        weights = self.path(stage, ".weights.h5", self.root)
+        tmp = self.path(stage, f".partial-{os.getpid()}.weights.h5", self.root)  # the suffix picks the format
         model.save_weights(tmp)
         os.replace(tmp, weights)
         arrays = {"errors": artifacts["errors"]} if "errors" in artifacts else {}
         if "roc" in artifacts:
             arrays.update(roc_fpr=artifacts["roc"][0], roc_tpr=artifacts["roc"][1])
         if arrays:
-            np.savez(self.path(stage, ".eval.npz"), **arrays)
-        _atomic_json(self.path(stage, ".json"), record)
+            _atomic_npz(self.path(stage, ".eval.npz", self.root), **arrays)
+        _atomic_json(self.path(stage, ".json", self.root), record)
 
     def _artifacts(self, stage: Stage) -> dict:
         path = self.path(stage, ".eval.npz")
@@ -242,7 +422,7 @@ class Runner:
         res.data.update(task=task, data=self.meta(task)["name"], preset=self.cfg.preset, seed=self.cfg.seed)
         for rec in records:
             if rec.get("evaluate", True):
-                res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate")})
+                res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate", "data")})
         if distribute.is_chief(self.strategy):
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
@@ -254,7 +434,7 @@ class Runner:
 
 
 @contextlib.contextmanager
-def _naming_bad_records(data_dir: str):
+def _naming_bad_records(data_dir: str, num_classes: Optional[int] = None):
     """Turns tf.data's anonymous read/decode errors into a DataError naming the file and record.
 
     Only when a bad record is found: any other error of these types is a bug to see with its traceback.
@@ -262,7 +442,7 @@ def _naming_bad_records(data_dir: str):
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-        culprit = next(filter(None, (pipeline.find_bad_record(data_dir, s) for s in ("train", "test"))), None)
+        culprit = next(filter(None, (pipeline.find_bad_record(data_dir, s, num_classes) for s in ("train", "test"))), None)
         if culprit is None:
             raise
         raise DataError(culprit) from None

@@ -1,4 +1,5 @@
 """Bad data met during training: one line naming the file, exit code 2, no weights written."""
+import json
 import os
 import shutil
 
@@ -62,3 +63,80 @@ def test_data_dir_without_meta(tmp_path):
     proc = _train(tmp_path / "empty", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/empty/meta.json: missing")
+
+
+def _rewrite(shard, records):
+    with tf.io.TFRecordWriter(shard) as w:
+        for r in records:
+            w.write(r)
+
+
+def _relabelled(raw: bytes, label: int) -> bytes:
+    ex = tf.train.Example.FromString(raw)
+    ex.features.feature["image/label"].int64_list.value[:] = [label]
+    ex.features.feature["image/source"].bytes_list.value[:] = [b"odd/label.png"]
+    return ex.SerializeToString()
+
+
+def test_data_dir_without_records(clean_data, tmp_path):
+    data = _copy(clean_data, tmp_path)
+    for shard in shard_paths(str(data), "train"):
+        os.remove(shard)
+    proc = _train(data, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"error: {data}: meta.json lists train records but no train-*.tfrecord file is there"
+
+
+def test_label_beyond_the_class_count_names_the_record(clean_data, tmp_path):
+    data = _copy(clean_data, tmp_path)
+    shard = shard_paths(str(data), "train")[0]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    _rewrite(shard, records[:3] + [_relabelled(records[0], 9)] + records[3:])
+    proc = _train(data, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"error: {shard}: record 3 (odd/label.png): label 9 outside [0, 4) (num_classes of meta.json)"
+    assert not list((tmp_path / "runs").glob("classify/stages/*.weights.h5"))
+
+
+def test_skip_corrupt_counts_reports_and_trains_on_the_rest(clean_data, tmp_path):
+    data = _copy(clean_data, tmp_path)
+    shards = shard_paths(str(data), "train")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shards[0])]
+    bad = make_example(b"\xff\xd8 not really a jpeg", 40, 40, 0, "bad/face.jpg").SerializeToString()
+    _rewrite(shards[0], records[:2] + [bad] + records[2:])
+    with open(shards[1], "r+b") as f:
+        f.truncate(os.path.getsize(shards[1]) - 50)
+    proc = run_main("--task=classify", "--preset=smoke", f"--data={data}", f"--model_dir={tmp_path}/runs",
+                    "--cls_inits=label", "--verbose=0", "--noexport", "--skip_corrupt")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert f"[data] {data}: --skip_corrupt: skipping 2 bad record(s) or shard tail(s)" in out
+    assert f"{shards[0]}: record 2 (bad/face.jpg): image does not decode" in out
+    assert f"{shards[1]}: corrupt or truncated record after " in out
+    teacher = json.loads((tmp_path / "runs" / "classify" / "stages" / "teacher.json").read_text())
+    assert teacher["skipped_problems"] == 2
+
+
+def test_multi_worker_without_tf_config(tmp_path):
+    proc = run_main("--task=classify", "--preset=smoke", f"--model_dir={tmp_path}", "--strategy=multi_worker")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --strategy=multi_worker needs TF_CONFIG")
+
+
+def test_landmarks_outside_the_image_in_records_are_refused(clean_data, tmp_path):
+    """The converter refuses them (test_layouts); records written by other tools are checked on reading."""
+    from keras_kd.config import Config
+    from keras_kd.data.example import DataError
+    from keras_kd.tasks.align import mean_shape
+
+    data = _copy(clean_data, tmp_path)
+    shard = shard_paths(str(data), "train")[0]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    ex = tf.train.Example.FromString(records[1])
+    ex.features.feature["image/landmarks"].float_list.value[0] = 400.0  # x of a 40-pixel-wide image
+    _rewrite(shard, records[:1] + [ex.SerializeToString()] + records[2:])
+    source = ex.features.feature["image/source"].bytes_list.value[0].decode()
+    with pytest.raises(DataError, match=f"^{data}: train image {source} has landmarks outside the image"):
+        mean_shape(str(data), Config(image_size=32))

@@ -40,7 +40,7 @@ def test_round_trip_is_exact(tmp_path):
     lm = np.arange(10, dtype=np.float32).reshape(5, 2) + 0.25
     items = [_item("b/one.png", "bob", _encoded("PNG", 0), lm),
              _item("a/two.jpg", "alice", _encoded("JPEG", 1, (7, 9))),
-             _item("a/three.png", "alice", _encoded("PNG", 2), lm * 2)]
+             _item("a/three.png", "alice", _encoded("PNG", 2), lm * 1.2)]
     meta = write_dataset(str(tmp_path), items, "tiny", test_fraction=0.5, records_per_shard=1, log=_quiet)
     assert meta["class_names"] == ["alice", "bob"] and meta["has_landmarks"] and meta["image_size"] is None
     got = _read_all(tmp_path)

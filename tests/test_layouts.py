@@ -187,3 +187,20 @@ def test_cli_missing_src_exits_2_naming_it(tmp_path):
     assert r.returncode == 2
     assert str(missing) in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_landmark_outside_the_image_names_the_line_and_keeps_the_old_output(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        _image(tmp_path / "faces" / name, (40, 40))
+    listing = tmp_path / "faces" / "training.txt"
+    listing.write_text("a.jpg 10 30 20 12 28 15 15 25 30 30\n"
+                       "b.jpg 10 30 20 12 48 15 15 25 30 30\n")  # b's 5th x is 48 in a 40-pixel image
+    out = tmp_path / "out"
+    assert _cli("--layout=synthetic", f"--out={out}", "--num_identities=2", "--images_per_identity=3",
+                "--image_size=32").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = _cli("--layout=mtfl", f"--src={listing}", f"--out={out}")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"error: {listing}:2: b.jpg: landmark 5 at (48, 30) lies outside "
+                                                 "the 40×40 image (1 of 5 points outside)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing lost or half-written

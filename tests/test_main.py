@@ -93,6 +93,8 @@ def test_changed_shapes_are_not_silently_reused(model_dir):
     (["--students=0"], "--students: positive integers"),
     (["--task=segment"], "task"),
     (["--ab_grid=1"], "--ab_grid"),
+    (["--strategy=gpu_cluster"], "strategy"),
+    (["--backup_steps=-1"], "backup_steps"),
 ])
 def test_bad_flags_exit_with_a_clear_message(args, message, tmp_path):
     proc = run_main("--preset=smoke", f"--model_dir={tmp_path}", *args)

@@ -167,3 +167,28 @@ def test_missing_shards_raise_a_data_error_naming_the_dir(tmp_path, data_dir):
         pipeline.make_dataset(str(empty), "train", _cfg(), training=True)
     with pytest.raises(DataError, match="no valid-\\*.tfrecord"):  # an existing dir, a split it lacks
         pipeline.make_dataset(data_dir, "valid", _cfg(), training=False)
+
+
+def test_images_of_any_size_are_resized_to_the_model_input(tmp_path):
+    """Not an error: every image is resized to image_size·256/224 and centre-cropped, landmarks follow."""
+    import io
+
+    from PIL import Image
+
+    from keras_kd.data.example import Item, write_dataset
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (120, 60, 30)).save(buf, "PNG")
+        return buf.getvalue()
+
+    sizes = [(40, 40), (64, 32), (23, 57)]
+    items = [Item(f"{w}x{h}.png", "x", lambda w=w, h=h: png(w, h),
+                  np.array([[w / 2, h / 2]] * 5, np.float32)) for w, h in sizes]
+    write_dataset(str(tmp_path), items, "mixed", all_test=True, log=lambda *_: None)
+    images, targets = next(iter(pipeline.make_dataset(str(tmp_path), "test", pipeline.InputConfig(32, 3),
+                                                      training=False)))
+    assert images.shape == (3, 32, 32, 3)
+    cfg = pipeline.InputConfig(32, 3)
+    centre = (cfg.resize_size / 2 - (cfg.resize_size - 32) // 2) / 32  # image centre, in the centre crop
+    np.testing.assert_allclose(targets["landmarks"].numpy(), centre, atol=1e-5)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from typing import Callable, Iterable, Optional, Sequence
@@ -54,6 +55,7 @@ class Item:
     label: object                    # identity key (any hashable); remapped to 0..C-1 on writing
     load: Callable[[], bytes]
     landmarks: Optional[np.ndarray] = None  # [5, 2] pixel coordinates (x, y)
+    origin: str = ""                 # where its annotation was read ("list.txt:12"), for error messages
 
 
 def make_example(image: bytes, height: int, width: int, label: int, source: str,
@@ -143,37 +145,17 @@ def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: 
     splits = {"train": [], "test": list(items)} if all_test else split_items(
         items, test_fraction, split_by, seed)
     os.makedirs(out_dir, exist_ok=True)
-    for old in tf.io.gfile.glob(os.path.join(out_dir, "*-of-*.tfrecord")):
-        tf.io.gfile.remove(old)
-
-    counts, skipped, sizes, has_lm, written = {}, [], set(), False, set()
-    for split in SPLITS:
-        chosen = splits[split]
-        n_shards = max(1, -(-len(chosen) // records_per_shard))
-        writers = [tf.io.TFRecordWriter(os.path.join(out_dir, f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"))
-                   for s in range(n_shards)]
-        n = 0
-        for it in chosen:
-            try:
-                data = it.load()
-                # A full decode, not just the JPEG header: a truncated file would pass the header check and
-                # then stop training when the input pipeline decodes it.
-                shape = tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))
-                h, w = int(shape[0]), int(shape[1])
-            except (OSError, tf.errors.OpError, ValueError) as e:
-                reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e))  # TF's op-name prefix
-                skipped.append(f"{it.source}: {reason.splitlines()[0][:120]}")
-                continue
-            if it.landmarks is not None:
-                has_lm = True
-            sizes.add((h, w))
-            ex = make_example(data, h, w, index[it.label], it.source, it.landmarks)
-            writers[n % n_shards].write(ex.SerializeToString())
-            written.add(it.source)
-            n += 1
-        for wr in writers:
-            wr.close()
-        counts[split] = n
+    # Shards are written aside and moved in only when all are written: an error or a kill halfway leaves
+    # the directory's previous contents whole.
+    staging = tempfile.mkdtemp(dir=out_dir, prefix=".partial-")
+    try:
+        counts, skipped, sizes, has_lm, written = _write_shards(staging, splits, index, records_per_shard)
+        for old in tf.io.gfile.glob(os.path.join(out_dir, "*-of-*.tfrecord")):
+            tf.io.gfile.remove(old)
+        for path in sorted(os.listdir(staging)):
+            os.replace(os.path.join(staging, path), os.path.join(out_dir, path))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     test_sources = {it.source for it in splits["test"]} & written  # not pairs of skipped images
     kept_pairs = [p for p in (pairs or []) if p[0] in test_sources and p[1] in test_sources]
@@ -205,6 +187,51 @@ def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: 
     if len(skipped) > 20:
         log(f"[convert]   ... and {len(skipped) - 20} more")
     return meta
+
+
+def _write_shards(out_dir: str, splits: dict, index: dict, records_per_shard: int):
+    counts, skipped, sizes, has_lm, written = {}, [], set(), False, set()
+    for split in SPLITS:
+        chosen = splits[split]
+        n_shards = max(1, -(-len(chosen) // records_per_shard))
+        writers = [tf.io.TFRecordWriter(os.path.join(out_dir, f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"))
+                   for s in range(n_shards)]
+        n = 0
+        try:
+            for it in chosen:
+                try:
+                    data = it.load()
+                    # A full decode, not just the JPEG header: a truncated file would pass the header check
+                    # and then stop training when the input pipeline decodes it.
+                    shape = tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))
+                    h, w = int(shape[0]), int(shape[1])
+                except (OSError, tf.errors.OpError, ValueError) as e:
+                    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e))  # TF's op-name prefix
+                    skipped.append(f"{it.source}: {reason.splitlines()[0][:120]}")
+                    continue
+                if it.landmarks is not None:
+                    check_landmarks(f"{it.origin}: {it.source}" if it.origin else it.source, it.landmarks, w, h)
+                    has_lm = True
+                sizes.add((h, w))
+                ex = make_example(data, h, w, index[it.label], it.source, it.landmarks)
+                writers[n % n_shards].write(ex.SerializeToString())
+                written.add(it.source)
+                n += 1
+        finally:
+            for wr in writers:
+                wr.close()
+        counts[split] = n
+    return counts, skipped, sizes, has_lm, written
+
+
+def check_landmarks(source: str, landmarks, width: int, height: int) -> None:
+    """Landmarks outside their image mean a wrong list line (order, image, units): stop, naming it."""
+    points = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    outside = [i for i, (x, y) in enumerate(points) if not (0 <= x <= width and 0 <= y <= height)]
+    if outside:
+        i = outside[0]
+        raise DataError(f"{source}: landmark {i + 1} at ({points[i, 0]:g}, {points[i, 1]:g}) lies outside the "
+                        f"{width}×{height} image ({len(outside)} of {len(points)} points outside)")
 
 
 def read_meta(data_dir: str) -> dict:

@@ -154,6 +154,7 @@ def celeba(root: str) -> tuple[list[Item], Pairs]:
             raise DataError(f"{id_file}: no identity for {len(unlisted)} image(s) in {image_dir}, e.g. {unlisted[0]}")
 
     landmarks: dict = {}
+    origins: dict = {}
     lm_file = _celeba_annotation(root, "list_landmarks_align_celeba.txt")
     if lm_file:
         lines = _read_lines(lm_file)
@@ -165,9 +166,10 @@ def celeba(root: str) -> tuple[list[Item], Pairs]:
                                 f"got {len(t)} fields")
             if t[0] in on_disk:
                 landmarks[t[0]] = _floats(lm_file, n, t[1:], "coordinates").reshape(NUM_LANDMARKS, 2)
+                origins[t[0]] = f"{lm_file}:{n}"
 
     items = [Item(source=name, label=labels.get(name, UNKNOWN), load=_loader(os.path.join(image_dir, name)),
-                  landmarks=landmarks.get(name)) for name in names]
+                  landmarks=landmarks.get(name), origin=origins.get(name, "")) for name in names]
     pairs_file = os.path.join(root, "pairs.txt")
     pairs = read_pairs_file(pairs_file, on_disk) if os.path.isfile(pairs_file) else []
     return items, pairs
@@ -195,7 +197,8 @@ def mtfl(list_file: str, root: Optional[str] = None) -> tuple[list[Item], Pairs]
             raise DataError(f"{list_file}:{n}: image {path} does not exist")
         xy = _floats(list_file, n, t[1:1 + 2 * NUM_LANDMARKS], "coordinates").reshape(2, NUM_LANDMARKS).T
         seen.add(source)
-        items.append(Item(source=source, label=UNKNOWN, load=_loader(path), landmarks=np.ascontiguousarray(xy)))
+        items.append(Item(source=source, label=UNKNOWN, load=_loader(path), landmarks=np.ascontiguousarray(xy),
+                          origin=f"{list_file}:{n}"))
     if not items:
         raise DataError(f"{list_file}: lists no images")
     return items, []

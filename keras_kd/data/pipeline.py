@@ -10,7 +10,7 @@ flip maps x → W − x (then left/right points swap).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from keras_kd.data.example import NUM_LANDMARKS, DataError, parse_example, shard_paths
 from keras_kd.keras import tf
@@ -32,6 +32,7 @@ class InputConfig:
     shuffle_buffer: int = 4096
     seed: int = 0
     pk: Optional[Tuple[int, int]] = None  # (P identities, K images each) per batch, for triplet mining
+    skip_corrupt: bool = False            # drop unreadable records instead of stopping (see `scan`)
 
     @property
     def resize_size(self) -> int:
@@ -97,8 +98,9 @@ def _records(data_dir: str, split: str, cfg: InputConfig, training: bool, input_
 def _interleave(files, training: bool, cfg: InputConfig):
     if training:
         files = files.shuffle(1024, seed=cfg.seed)
-    return files.interleave(tf.data.TFRecordDataset, cycle_length=4, num_parallel_calls=AUTOTUNE,
-                            deterministic=not training)
+    # A CRC error ends its shard's reader: with skip_corrupt the rest of that shard is lost, not the run.
+    read = (lambda f: tf.data.TFRecordDataset(f).ignore_errors()) if cfg.skip_corrupt else tf.data.TFRecordDataset
+    return files.interleave(read, cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=not training)
 
 
 def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
@@ -109,6 +111,8 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
     ds = _records(data_dir, split, cfg, training, input_context)
     ds = ds.map(parse_example, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda r: _decode(r, cfg.resize_size), num_parallel_calls=AUTOTUNE)
+    if cfg.skip_corrupt:
+        ds = ds.ignore_errors()  # records that do not parse or decode
     if cfg.cache:
         ds = ds.cache()
     if repeat if repeat is not None else training:
@@ -139,24 +143,54 @@ def _pk_groups(ds, p: int, k: int):
     return blocks.unbatch().unbatch()
 
 
-def find_bad_record(data_dir: str, split: str) -> Optional[str]:
-    """Names the first shard with a corrupt record or an undecodable image, or None when all read.
+def scan(data_dir: str, split: str, num_classes: Optional[int] = None,
+         first_only: bool = False) -> Tuple[List[str], int]:
+    """Reads every record of a split as training would; returns (problems, readable records).
 
-    tf.data's own errors (a CRC mismatch, a failed decode) do not say which file; this re-reads the
-    shards one by one, only after such an error, so the hot path pays nothing for it.
+    Each problem is one line naming the shard, the record and what is wrong: a CRC error (which ends that
+    shard for TF's reader), a record that is not a keras-kd Example, an image that does not decode, a
+    label outside [0, num_classes) when labels are used. tf.data's own errors do not say which file; this
+    is what names it, run only after such an error or for --skip_corrupt, so the hot path pays nothing.
     """
+    problems, good = [], 0
     for path in shard_paths(data_dir, split):
         n = 0
         try:
             for raw in tf.data.TFRecordDataset(path):
-                rec = parse_example(raw)
                 try:
-                    tf.io.decode_image(rec["image"], channels=3, expand_animations=False)
-                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                    return f"{path}: record {n} ({rec['source'].numpy().decode()}): image does not decode"
+                    rec = parse_example(raw)
+                except tf.errors.InvalidArgumentError as e:
+                    problems.append(f"{path}: record {n} is not a keras-kd tf.train.Example "
+                                    f"({str(e).splitlines()[0][:100]})")
+                else:
+                    what = _record_problem(rec, num_classes)
+                    if what:
+                        problems.append(f"{path}: record {n} ({rec['source'].numpy().decode()}): {what}")
+                    else:
+                        good += 1
                 n += 1
+                if first_only and problems:
+                    return problems, good
         except tf.errors.DataLossError:
-            return f"{path}: corrupt or truncated record after {n} good records (CRC check failed)"
-        except tf.errors.InvalidArgumentError as e:
-            return f"{path}: record {n} is not a keras-kd tf.train.Example ({str(e).splitlines()[0][:100]})"
+            problems.append(f"{path}: corrupt or truncated record after {n} records (CRC check failed); "
+                            "TF cannot read past it")
+            if first_only:
+                return problems, good
+    return problems, good
+
+
+def _record_problem(rec: dict, num_classes: Optional[int]) -> Optional[str]:
+    try:
+        tf.io.decode_image(rec["image"], channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return "image does not decode"
+    label = int(rec["label"])
+    if num_classes is not None and not 0 <= label < num_classes:
+        return f"label {label} outside [0, {num_classes}) (num_classes of meta.json)"
     return None
+
+
+def find_bad_record(data_dir: str, split: str, num_classes: Optional[int] = None) -> Optional[str]:
+    """The first problem `scan` finds in a split, or None when every record reads."""
+    problems, _ = scan(data_dir, split, num_classes, first_only=True)
+    return problems[0] if problems else None

@@ -37,6 +37,9 @@ class Distiller(keras.Model):
         self.adapters = {t.name: self._adapter(t) for t, _ in self.targets}
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ["loss"] + (["task"] if task_loss else []) + [t.name for t, _ in self.targets]}
+        # Built from built networks, so it is built too: BackupAndRestore then restores the optimizer's
+        # slots at once instead of deferring them to the first step.
+        self.build(student.input_shape)
 
     def _adapter(self, target: losses.Target):
         """A learned map from the student's feature width to the teacher's, or None when they match."""

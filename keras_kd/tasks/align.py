@@ -8,10 +8,11 @@ import numpy as np
 from keras_kd import metrics, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
+from keras_kd.data.example import DataError
 from keras_kd.distill import losses
 from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.keras import tf
-from keras_kd.tasks.base import Stage, predict
+from keras_kd.tasks.base import Stage, input_config, predict
 from keras_kd.tasks.transfer import TransferTask
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
@@ -22,9 +23,10 @@ class Align(TransferTask):
     headline = "nrmse"
     lower_is_better = True
     heads = ("landmarks",)
+    uses_labels = False
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
-        return pipeline.InputConfig(image_size=cfg.image_size, batch_size=cfg.align_batch_size, seed=cfg.seed)
+        return input_config(cfg, cfg.align_batch_size)
 
     def task_loss(self, stage: Stage, cfg: Config):
         def loss(y, s):
@@ -73,10 +75,20 @@ class Align(TransferTask):
 
 def _landmarks(data_dir: str, split: str, cfg: Config, limit: int) -> np.ndarray:
     """Crop-normalized landmarks of up to `limit` un-augmented images of a split that have them."""
-    ds = pipeline.make_dataset(data_dir, split, Align().batch_config(cfg, False), training=False)
+    in_cfg = Align().batch_config(cfg, False)
+    ds = pipeline.make_dataset(data_dir, split, in_cfg, training=False)
+    # The whole resized image, in crop-normalized units of the centre crop: where every landmark must lie.
+    off = (in_cfg.resize_size - cfg.image_size) // 2
+    lo, hi = -off / cfg.image_size - 1e-3, (in_cfg.resize_size - off) / cfg.image_size + 1e-3
     out, n = [], 0
     for _, t in ds:
-        out.append(t["landmarks"].numpy()[t["has_landmarks"].numpy()])
+        keep = t["has_landmarks"].numpy()
+        points = t["landmarks"].numpy()
+        bad = keep & ((points < lo) | (points > hi)).any(axis=(1, 2))
+        if bad.any():
+            raise DataError(f"{data_dir}: {split} image {t['source'].numpy()[bad.argmax()].decode()} has landmarks "
+                            "outside the image (reconvert it: the converter checks them)")
+        out.append(points[keep])
         n += len(out[-1])
         if n >= limit:
             break

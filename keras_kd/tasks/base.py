@@ -49,9 +49,10 @@ class Task:
     headline: str = ""                     # the metric that ranks models (and export records report)
     lower_is_better = False
     uses_cls_data = False                  # trains on the classification data (cfg.cls_data)
+    uses_labels = True                     # identity labels enter its losses (checked against num_classes)
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
-        return pipeline.InputConfig(image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
+        return input_config(cfg, cfg.batch_size)
 
     def task_loss(self, stage: Stage, cfg: Config):
         raise NotImplementedError
@@ -81,6 +82,12 @@ class Task:
             if d not in best or key < best[d][0]:
                 best[d] = (key, m["name"])
         return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])]
+
+
+def input_config(cfg: Config, batch_size: int, **kw) -> pipeline.InputConfig:
+    """The pipeline settings every task shares (input size, seed, corrupt-record policy)."""
+    return pipeline.InputConfig(image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
+                                skip_corrupt=cfg.skip_corrupt, **kw)
 
 
 def predict(model: keras.Model, ds: tf.data.Dataset, keys) -> Tuple[dict, dict]:

@@ -8,7 +8,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import losses
 from keras_kd.tasks import verification
-from keras_kd.tasks.base import Stage, predict
+from keras_kd.tasks.base import Stage, input_config, predict
 from keras_kd.tasks.transfer import TransferTask
 
 
@@ -22,8 +22,7 @@ class Verify(TransferTask):
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
         pk = cfg.ids_per_batch * cfg.images_per_id
-        return pipeline.InputConfig(image_size=cfg.image_size, batch_size=pk, seed=cfg.seed,
-                                    pk=(cfg.ids_per_batch, cfg.images_per_id) if training else None)
+        return input_config(cfg, pk, pk=(cfg.ids_per_batch, cfg.images_per_id) if training else None)
 
     def task_loss(self, stage: Stage, cfg: Config):
         def loss(y, s):
