@@ -141,6 +141,9 @@ class _Backup(keras.callbacks.BackupAndRestore):
 class Runner:
     def __init__(self, cfg: Config, strategy: Optional[tf.distribute.Strategy] = None,
                  log: Callable[[str], None] = print):
+        if os.path.isdir(os.path.join(cfg.model_dir, "stages")):
+            raise StageError(f"{cfg.model_dir}: this is one task's output folder (it holds stages/), not a "
+                             f"model_dir; pass its parent: --model_dir={os.path.dirname(os.path.abspath(cfg.model_dir))}")
         self.cfg = cfg
         self.strategy = strategy or distribute.get_strategy(cfg.strategy)
         self.worker = distribute.worker_id(self.strategy)

@@ -140,3 +140,12 @@ def test_landmarks_outside_the_image_in_records_are_refused(clean_data, tmp_path
     source = ex.features.feature["image/source"].bytes_list.value[0].decode()
     with pytest.raises(DataError, match=f"^{data}: train image {source} has landmarks outside the image"):
         mean_shape(str(data), Config(image_size=32))
+
+
+def test_a_task_folder_given_as_model_dir_is_refused(tmp_path):
+    (tmp_path / "align" / "stages").mkdir(parents=True)
+    proc = run_main("--task=classify", "--preset=smoke", f"--model_dir={tmp_path}/align")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}/align: this is one task's output folder (it holds stages/), not a model_dir; "
+        f"pass its parent: --model_dir={tmp_path}")
