@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import run_main
@@ -88,15 +89,29 @@ def test_data_dir_without_records(clean_data, tmp_path):
         f"error: {data}: meta.json lists train records but no train-*.tfrecord file is there"
 
 
+def _runner(data, tmp_path, **kw):
+    """A smoke-sized Runner on `data`, in process: one /8 stage is trained in seconds, not a whole plan."""
+    from keras_kd.config import Config
+    from keras_kd.keras import tf as tf_
+    from keras_kd.stages import Runner
+
+    cfg = Config(data=str(data), model_dir=str(tmp_path / "runs"), image_size=32, students=(8,), batch_size=16,
+                 verbose=0, **{"student_epochs": 1, "lr_scratch": 0.05, **kw})
+    logs = []
+    return Runner(cfg, tf_.distribute.get_strategy(), log=logs.append), logs
+
+
 def test_label_beyond_the_class_count_names_the_record(clean_data, tmp_path):
+    from keras_kd.data.example import DataError
+
     data = _copy(clean_data, tmp_path)
     shard = shard_paths(str(data), "train")[0]
     records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
-    _rewrite(shard, records[:3] + [_relabelled(records[0], 9)] + records[3:])
-    proc = _train(data, tmp_path)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"error: {shard}: record 3 (odd/label.png): label 9 outside [0, 4) (num_classes of meta.json)"
+    _rewrite(shard, [_relabelled(r, 9) for r in records])  # a quarter of the records: training meets one
+    runner, _ = _runner(data, tmp_path)
+    with pytest.raises(DataError) as e:
+        runner.ensure("classify", "student_d8_label")
+    assert str(e.value) == f"{shard}: record 0 (odd/label.png): label 9 outside [0, 4) (num_classes of meta.json)"
     assert not list((tmp_path / "runs").glob("classify/stages/*.weights.h5"))
 
 
@@ -108,15 +123,28 @@ def test_skip_corrupt_counts_reports_and_trains_on_the_rest(clean_data, tmp_path
     _rewrite(shards[0], records[:2] + [bad] + records[2:])
     with open(shards[1], "r+b") as f:
         f.truncate(os.path.getsize(shards[1]) - 50)
-    proc = run_main("--task=classify", "--preset=smoke", f"--data={data}", f"--model_dir={tmp_path}/runs",
-                    "--cls_inits=label", "--verbose=0", "--noexport", "--skip_corrupt")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    assert f"[data] {data}: --skip_corrupt: skipping 2 bad record(s) or shard tail(s)" in out
-    assert f"{shards[0]}: record 2 (bad/face.jpg): image does not decode" in out
-    assert f"{shards[1]}: corrupt or truncated record after " in out
-    teacher = json.loads((tmp_path / "runs" / "classify" / "stages" / "teacher.json").read_text())
-    assert teacher["skipped_problems"] == 2
+    runner, logs = _runner(data, tmp_path, skip_corrupt=True)
+    record = runner.ensure("classify", "student_d8_label")
+    assert f"[data] {data}: --skip_corrupt: skipping 2 bad record(s) or shard tail(s)" in logs[0]
+    assert logs[1] == f"[data]   {shards[0]}: record 2 (bad/face.jpg): image does not decode"
+    assert logs[2].startswith(f"[data]   {shards[1]}: corrupt or truncated record after ")
+    assert record["skipped_problems"] == 2 and np.isfinite(record["history"]["loss"]).all()
+    assert (tmp_path / "runs" / "classify" / "stages" / "student_d8_label.weights.h5").exists()
+
+
+def test_nan_loss_stops_the_stage_naming_it_and_saves_nothing(clean_data, tmp_path):
+    from keras_kd.stages import StageError
+
+    runner, _ = _runner(clean_data, tmp_path, lr_scratch=1e30, student_epochs=3)
+    with pytest.raises(StageError, match=r"^stage classify/student_d8_label: loss became (nan|inf) at epoch \d, "
+                                         r"step \d+/\d+; weights not saved"):
+        runner.ensure("classify", "student_d8_label")
+    assert not list((tmp_path / "runs").glob("classify/stages/*"))
+    backup = tmp_path / "runs" / "classify" / "backup" / "student_d8_label" / "chief"
+    if backup.exists():  # the last good epoch's backup is kept; a NaN state is never backed up
+        ckpt = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(backup)))
+        floats = [ckpt.get_tensor(k) for k, dtype in ckpt.get_variable_to_dtype_map().items() if dtype.is_floating]
+        assert floats and all(np.isfinite(v).all() for v in floats)
 
 
 def test_multi_worker_without_tf_config(tmp_path):

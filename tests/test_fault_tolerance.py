@@ -39,15 +39,15 @@ def _epochs_backed_up(history_path) -> int:
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
-    """Starts a run, kill -9s it once the teacher has a backup of 2 epochs, runs the same command again."""
+    """Starts a run, kill -9s it once the teacher has a backup, runs the same command again."""
     model_dir = tmp_path_factory.mktemp("runs")
-    args = [*SMALL, f"--model_dir={model_dir}", "--teacher_epochs=5"]
+    args = [*SMALL, f"--model_dir={model_dir}", "--teacher_epochs=3"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     backup = model_dir / "classify" / "backup" / "teacher"
     proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while (not (backup / "chief" / "checkpoint").exists() or _epochs_backed_up(backup / "history.json") < 2) \
+    while (not (backup / "chief" / "checkpoint").exists() or _epochs_backed_up(backup / "history.json") < 1) \
             and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -63,10 +63,10 @@ def test_rerun_resumes_the_killed_stage_without_repeating_epochs(killed_and_resu
     out = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, out[-3000:]
     assert "[stage] classify/teacher: resuming at epoch" in out
-    assert "Epoch 1/5" not in out  # the teacher's first epochs were not trained again
+    assert "Epoch 1/3" not in out  # the teacher's first epoch was not trained again
     record = json.loads((model_dir / "classify" / "stages" / "teacher.json").read_text())
-    assert record["resumed_at_epoch"] >= 2  # the backup of epoch 1 at least (epoch 2 when it was written)
-    assert len(record["history"]["loss"]) == 5 and all(np.isfinite(record["history"]["loss"]))
+    assert record["resumed_at_epoch"] >= 2  # after the backup of epoch 1 at least
+    assert len(record["history"]["loss"]) == 3 and all(np.isfinite(record["history"]["loss"]))
     data = json.loads((model_dir / "classify" / "results.json").read_text())
     results.validate(data)
     assert {m["name"] for m in data["models"]} == {"teacher", "student_d8_label", "student_d8_label_soft"}
@@ -75,7 +75,7 @@ def test_rerun_resumes_the_killed_stage_without_repeating_epochs(killed_and_resu
 
 def test_a_model_dir_of_other_data_is_not_reused(killed_and_resumed):
     model_dir, _ = killed_and_resumed
-    proc = run_main(*SMALL, f"--model_dir={model_dir}", "--teacher_epochs=5", "--synthetic_images=12")
+    proc = run_main(*SMALL, f"--model_dir={model_dir}", "--teacher_epochs=3", "--synthetic_images=12")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {model_dir}/classify/stages/teacher.json: saved with data=") and \
@@ -100,16 +100,6 @@ def test_a_backup_of_other_settings_is_discarded_not_resumed(tmp_path):
     assert logs == [f"[stage] classify/teacher: discarding the backup in {backup} (made with other settings (lr))"]
     assert not os.path.exists(f"{backup}/chief")
     assert json.loads(open(f"{backup}/stage.json").read()) == {"lr": 0.2}
-
-
-def test_nan_loss_stops_the_stage_naming_it_and_saves_nothing(tmp_path):
-    proc = run_main(*SMALL, f"--model_dir={tmp_path}", "--teacher_epochs=2", "--lr_scratch=1e12")
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: stage classify/teacher: loss became nan at epoch 1, step "), last
-    assert "weights not saved" in last
-    assert not list(tmp_path.glob("classify/stages/*"))
-    assert not (tmp_path / "classify" / "backup" / "teacher" / "chief").exists()  # no NaN state backed up
 
 
 def test_two_workers_train_identical_weights_and_the_chief_alone_reports(tmp_path):

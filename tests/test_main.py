@@ -71,10 +71,10 @@ def test_align_transfers_and_ships(model_dir):
 
 
 def test_verify_triplet_softmax(model_dir):
-    _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=off,on", "--ab_grid=0:0,1:0", "--transfer_inits=distill",
+    _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=off,on", "--ab_grid=1:0", "--transfer_inits=distill",
                  "--verbose=0", "--noexport"))
     models, _ = _results(model_dir, "verify")
-    assert {"teacher", "teacher_softmax", "student_d8_distill_a0b0", "student_d8_distill_a1b0_softmax"} <= set(models)
+    assert {"teacher", "teacher_softmax", "student_d8_distill_a1b0", "student_d8_distill_a1b0_softmax"} <= set(models)
     assert models["student_d8_distill_a1b0_softmax"]["softmax"] is True
     for m in models.values():
         assert 0 <= m["metrics"]["rank1"] <= 1 and 0 <= m["metrics"]["pair_acc"] <= 1
