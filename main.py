@@ -9,6 +9,7 @@ from absl import flags as absl_flags
 import export
 import flags.main_flags as main_flags
 from keras_kd.data.example import DataError
+from keras_kd import distribute
 from keras_kd.distribute import StrategyError
 from keras_kd.stages import Runner, StageError
 from keras_kd.tasks import TASKS
@@ -24,6 +25,7 @@ def main(argv):
         runner = Runner(cfg)
         res = runner.run(cfg.task)
         if runner.worker:
+            distribute.barrier(runner.strategy)  # until the chief has exported
             print(f"[done] worker {runner.worker}: finished; the chief writes results and exports")
             return 0
         if FLAGS.export:
@@ -31,6 +33,7 @@ def main(argv):
             models = None if FLAGS.export_models == "all" else task.best_students(res["models"])
             print(f"[export] {cfg.task}: {', '.join(models) if models else 'all evaluated students'}")
             export.run(runner, cfg.task, models=models)
+        distribute.barrier(runner.strategy)
     except (DataError, StageError, StrategyError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,3 +64,13 @@ def worker_id(strategy: tf.distribute.Strategy) -> int:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Only the chief writes results; other workers' files are scratch."""
     return worker_id(strategy) == 0
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Every worker waits here for all the others (a one-number all-reduce).
+
+    Called at the end of a run, after the chief's export: a worker that left earlier would be reported by
+    the cluster's coordination service as crashed while the chief still works.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
