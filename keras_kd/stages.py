@@ -85,7 +85,13 @@ class Runner:
     # ---- plans and paths ----------------------------------------------------------------------
     def plan(self, task: str) -> Dict[str, Stage]:
         if task not in self._plans:
-            self._plans[task] = {s.name: s for s in TASKS[task].plan(self.cfg)}
+            t = TASKS[task]
+            try:
+                self._plans[task] = {s.name: s for s in t.plan(self.cfg)}
+            except ValueError as e:
+                raise StageError(f"{task} plan: {e}") from None
+            for spec, why in t.skipped_methods(self.cfg):
+                self.log(f"[plan] {task}: --methods={spec} skipped: {why}")
         return self._plans[task]
 
     def stage(self, task: str, name: str) -> Stage:
@@ -169,7 +175,7 @@ class Runner:
             self._initial(stage, student)
             teacher = self.load(*stage.teacher) if stage.teacher else None
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
-                                  stage.targets, cfg.temperature, cfg.tau2)
+                                  stage.targets, config=cfg)
             bounds = [steps * e for e in range(cfg.lr_decay_epochs, stage.epochs, cfg.lr_decay_epochs)]
             schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
                 bounds, [stage.lr * cfg.lr_decay_factor ** i for i in range(len(bounds) + 1)]) if bounds else stage.lr
@@ -194,7 +200,7 @@ class Runner:
             metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
         record = {
             "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor,
-            "init": stage.init, "targets": [n for n, _ in stage.targets],
+            "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
             "alpha": stage.weight_of("soft"), "beta": stage.weight_of("hidden"),
             "params": resnet.count_params(student), "flops": resnet.count_flops(student),
             "metrics": {k: float(v) for k, v in metrics.items()},

@@ -1,6 +1,6 @@
 """The added distillation methods: formulas against hand values and independent numpy references, the
 registry and its flags, the Distiller composing them (student-only gradients, zero at equality, feature
-layers)."""
+layers), the plans and the methods table."""
 import json
 import math
 import os
@@ -18,6 +18,8 @@ from keras_kd.distill import losses, methods
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
+from keras_kd.stages import Runner, StageError
+from keras_kd.tasks import TASKS
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 SIZE, CLASSES = 32, 4
@@ -430,6 +432,66 @@ def test_dkd_without_labels_and_a_loss_given_twice_are_refused():
     # A configured object stands in for a name: the Distiller uses it as given.
     d = Distiller(student, teacher, targets=[(methods.DKD(beta=2.0), 1.0)])
     assert d.targets[0][0].beta == 2.0
+
+
+# ---- plans ---------------------------------------------------------------------------------------------
+def _names(task, cfg):
+    return [s.name for s in TASKS[task].plan(cfg)]
+
+
+def test_default_plans_are_unchanged():
+    cfg = Config(students=(8,), verify_softmax=(True,))
+    assert _names("classify", cfg) == ["teacher", "student_d8_label", "student_d8_scratch_soft",
+                                       "student_d8_fitnet_hint", "student_d8_fitnet_soft", "student_d8_label_soft"]
+    assert _names("align", cfg) == ["teacher", "student_d8_pretrain"] + [
+        f"student_d8_{i}_{ab}" for i in ("pretrain", "distill") for ab in ("a0b0", "a0b1", "a1b0")]
+    assert _names("verify", cfg)[-1] == "student_d8_distill_a1b0_softmax" and len(_names("verify", cfg)) == 8
+    assert [s.method for s in TASKS["classify"].plan(cfg)][-1] == "soft"
+
+
+def test_methods_add_one_stage_each_on_the_footing_of_ours():
+    cfg = Config(students=(8,), verify_softmax=(True,), methods=("none", "soft", "dkd", "soft+at:2", "fitnet"))
+    plan = {s.name: s for s in TASKS["classify"].plan(cfg)}
+    assert list(plan)[6:] == ["student_d8_label_none", "student_d8_label_dkd", "student_d8_label_soft_at2",
+                              "student_d8_label_hint"]  # "soft" is Ours itself
+    dkd = plan["student_d8_label_dkd"]
+    ours = plan["student_d8_label_soft"]
+    assert (dkd.init, dkd.init_from, dkd.teacher, dkd.epochs, dkd.lr) == (
+        ours.init, ours.init_from, ours.teacher, ours.epochs, ours.lr)
+    assert dkd.targets == (("dkd", 1.0),) and plan["student_d8_label_none"].teacher is None
+    verify = {s.name: s for s in TASKS["verify"].plan(cfg)}
+    # soft and none are the α:β stages a1b0 and a0b0 already planned: no duplicate.
+    assert [n for n in verify if n not in _names("verify", Config(students=(8,), verify_softmax=(True,)))] == [
+        "student_d8_distill_dkd_softmax", "student_d8_distill_soft_at2_softmax", "student_d8_distill_hint_softmax"]
+    rkd = TASKS["verify"].plan(cfg.replace(methods=("rkd",)))[-1]
+    assert (rkd.name, rkd.init, rkd.init_from, rkd.teacher, rkd.softmax) == (
+        "student_d8_distill_rkd_softmax", "distill", ("classify", "student_d8_label_soft"),
+        ("verify", "teacher_softmax"), True)
+
+
+def test_kd_sets_the_loss_of_ours_and_what_transfer_starts_from():
+    cfg = Config(students=(8,), kd="soft:1,hidden:0.5")
+    ours = TASKS["classify"].plan(cfg)[-1]
+    assert (ours.name, ours.targets) == ("student_d8_label_soft_hidden0p5", (("soft", 1.0), ("hidden", 0.5)))
+    assert TASKS["align"].plan(cfg)[-1].init_from == ("classify", "student_d8_label_soft_hidden0p5")
+    # The default is the paper's soft targets at weight α, under the name it always had.
+    assert TASKS["classify"].plan(Config(students=(8,), alpha=0.5))[-1].targets == (("soft", 0.5),)
+
+
+def test_dkd_is_left_out_where_labels_are_not_the_classification_classes():
+    cfg = Config(students=(8,), methods=("dkd", "at"), data="/faces/celeba", cls_data="/faces/casia")
+    assert not any(n.endswith("_dkd") for n in _names("align", cfg))
+    assert any(n.endswith("_at") for n in _names("align", cfg))
+    assert TASKS["align"].skipped_methods(cfg)[0][0] == "dkd"
+    assert "student_d8_label_dkd" in _names("classify", cfg)  # classification always has them
+    same = cfg.replace(data="/faces/casia")
+    assert "student_d8_distill_dkd" in _names("align", same) and not TASKS["align"].skipped_methods(same)
+
+
+def test_a_stage_planned_twice_differently_is_a_clear_error(tmp_path):
+    cfg = Config(students=(8,), alpha=0.5, methods=("soft",), model_dir=str(tmp_path))
+    with pytest.raises(StageError, match="student_d8_label_soft is planned twice"):
+        Runner(cfg, strategy=tf.distribute.get_strategy(), log=lambda *_: None).plan("classify")
 
 
 # ---- flags -------------------------------------------------------------------------------------------
