@@ -252,6 +252,7 @@ class Runner:
         if distribute.is_chief(self.strategy):
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
+            results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks
             results.plot_history({r["name"]: r["history"] for r in records},
                                  os.path.join(out_dir, "training_curves.png"))
             stages = [s for s in self.plan(task).values() if s.evaluate]

@@ -13,6 +13,7 @@ import pytest
 from absl import flags
 
 import flags.main_flags as main_flags
+from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import losses, methods
 from keras_kd.distill.distiller import Distiller
@@ -526,6 +527,63 @@ def test_flags_reach_the_config(parse):
 def test_bad_method_flags_are_refused_with_the_reason(parse, argv, message):
     with pytest.raises(flags.Error, match=message):
         parse(*argv)
+
+
+# ---- the methods table -------------------------------------------------------------------------------
+def _rec(name, init, targets, method=None, d=8, role="student", **metrics):
+    m = dict(name=name, role=role, width_divisor=d, init=init, targets=targets, alpha=1.0 * ("soft" in targets),
+             beta=1.0 * ("hidden" in targets), params=1, flops=1, metrics=metrics)
+    if method:
+        m["method"] = method
+    return m
+
+
+CLASSIFY = [_rec("teacher", "scratch", [], d=1, role="teacher", top1=0.3, pair_acc=0.6),
+            _rec("student_d8_label", "scratch", [], top1=0.35, pair_acc=0.7),
+            _rec("student_d8_label_soft", "label", ["soft"], top1=0.5, pair_acc=0.8),   # an older record
+            _rec("student_d8_label_dkd", "label", ["dkd"], "dkd", top1=0.55, pair_acc=0.81),
+            _rec("student_d8_label_none", "label", [], "none", top1=0.4, pair_acc=0.75)]
+
+
+def test_methods_table_in_results_md(tmp_path):
+    md = results.write_markdown({"task": "classify", "models": CLASSIFY}, str(tmp_path / "r.md"))
+    section = md[md.index("## Distillation methods, student /8"):]
+    assert "| (teacher) | teacher | scratch | 30.00 | 60.00 |" in section
+    assert "| soft | student_d8_label_soft | label | 50.00 | 80.00 |" in section
+    assert "| dkd | student_d8_label_dkd | label | 55.00 | 81.00 |" in section
+    assert "| none | student_d8_label_none | label | 40.00 | 75.00 |" in section
+    assert "student_d8_label |" not in section.split("## All models")[0]  # label-only is no method row
+    # Only the paper's terms (as a default run): no methods table.
+    assert "Distillation methods" not in results.write_markdown(
+        {"task": "classify", "models": CLASSIFY[:3]}, str(tmp_path / "r2.md"))
+
+
+def test_paper_tables_ignore_other_losses(tmp_path):
+    verify = [_rec("teacher_softmax", "classify", [], d=1, role="teacher", rank1=0.3),
+              _rec("student_d8_distill_a0b0", "distill", [], rank1=0.4),
+              _rec("student_d8_distill_rkd", "distill", ["rkd"], "rkd", rank1=0.9)]
+    md = results.write_markdown({"task": "verify", "models": verify}, str(tmp_path / "v.md"))
+    table4 = md[md.index("## Table 4"):md.index("## Verification metrics")]
+    assert "40.00" in table4 and "90.00" not in table4
+    assert "| rkd | student_d8_distill_rkd | distill | 90.00 |" in md
+
+
+def test_methods_md_joins_the_tasks(tmp_path):
+    verify = [_rec("teacher_softmax", "classify", [], d=1, role="teacher", rank1=0.3),
+              _rec("student_d8_distill_a1b0_softmax", "distill", ["soft"], "soft", rank1=0.6),
+              _rec("student_d8_distill_dkd_softmax", "distill", ["dkd"], "dkd", rank1=0.7)]
+    for i, (task, models) in enumerate((("classify", CLASSIFY), ("verify", verify))):
+        for m in models:
+            m["softmax"] = task == "verify"
+        res = results.Results(str(tmp_path / task / "results.json"),
+                              {"task": task, "data": "x", "preset": "quick", "seed": 0, "models": models})
+        res.save()
+    text = results.write_methods(str(tmp_path))
+    assert text == (tmp_path / "methods.md").read_text()
+    assert "| method | classify top1 (%) | verify rank1 (%) (+softmax) |" in text
+    assert "| soft | 50.00 | 60.00 |" in text and "| dkd | 55.00 | 70.00 |" in text
+    assert "| none | 40.00 | – |" in text and "| (teacher) | 30.00 | 30.00 |" in text
+    assert results.write_methods(str(tmp_path / "empty")) == ""
 
 
 # ---- 2 replicas: relational terms are per replica ------------------------------------------------------
