@@ -14,7 +14,7 @@ device, not a deliverable.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 from keras_kd.config import Config
 from keras_kd.distill import methods
@@ -26,7 +26,7 @@ class Distiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None,
                  task_loss: Optional[Callable] = None,
                  targets: Sequence[Tuple[Union[str, methods.KDLoss], float]] = (),
-                 temperature: float = 3.0, tau2: bool = False, config: Any = None, **kwargs):
+                 temperature: float = 3.0, tau2: bool = False, config: Optional[Config] = None, **kwargs):
         """`targets`: (registry name or KDLoss, weight) pairs. Names are configured from `config` (a
         Config: every method's hyper-parameters), by default the defaults with this τ and τ² flag."""
         super().__init__(**kwargs)

@@ -62,7 +62,7 @@ class KDLoss:
         return cls(**kw)
 
 
-def _per_example(value, like):
+def _broadcast(value, like):
     """A batch-level value added to each of the batch's examples (how relational terms are reduced)."""
     return tf.broadcast_to(value, tf.shape(like)[:1])
 
@@ -169,7 +169,7 @@ class RKD(KDLoss):
 
     def __call__(self, s, t, labels=None):
         value = losses.rkd(s["hidden"], t["hidden"], self.distance_weight, self.angle_weight)
-        return _per_example(value, s["hidden"])
+        return _broadcast(value, s["hidden"])
 
 
 REGISTRY: Dict[str, type] = {c.name: c for c in (Soft, Logits, Hidden, Hint, DKD, DIST, AT, RKD)}
