@@ -6,7 +6,7 @@ from absl import flags
 from flags.presets import PRESETS
 from keras_kd.config import Config
 from keras_kd.distribute import STRATEGIES
-from keras_kd.distill.losses import TARGETS
+from keras_kd.distill import methods
 
 TASK_NAMES = ("classify", "align", "verify")
 D = Config()  # defaults when neither a preset nor the command line sets a flag
@@ -71,6 +71,26 @@ flags.DEFINE_float("margin", None, "Triplet margin λ.", lower_bound=0)
 flags.DEFINE_enum("mining", "batch_hard", ["batch_hard", "semi_hard"], "Triplet mining inside the batch.")
 flags.DEFINE_list("verify_softmax", None, "Verification variants: off (triplet only), on (+ softmax).")
 
+flags.DEFINE_string("kd", "", "Loss of the distilled classification student ('Ours', which align/verify's "
+                    "Distill students start from): name[:weight] terms joined by ',' or '+', e.g. "
+                    "soft:1,hidden:0.5. Default: soft:--alpha. Names: " + ", ".join(methods.choices()))
+flags.DEFINE_list("methods", [], "One more distilled student per spec, for the methods table: classify "
+                  "starts it from the label-only student, align/verify from the distilled classification "
+                  "student. Terms of one spec are joined by '+', e.g. none,soft,dkd,at,soft+at:2 "
+                  "(none: the task loss alone, the control).")
+flags.DEFINE_float("dkd_alpha", D.dkd_alpha, "DKD: weight of the target-class term (TCKD).", lower_bound=0)
+flags.DEFINE_float("dkd_beta", D.dkd_beta, "DKD: weight of the non-target-class term (NCKD).", lower_bound=0)
+flags.DEFINE_float("dkd_temperature", D.dkd_temperature, "DKD: temperature.", lower_bound=0.01)
+flags.DEFINE_float("dist_beta", D.dist_beta, "DIST: weight of the inter-class relation.", lower_bound=0)
+flags.DEFINE_float("dist_gamma", D.dist_gamma, "DIST: weight of the intra-class relation.", lower_bound=0)
+flags.DEFINE_float("dist_tau", D.dist_tau, "DIST: temperature.", lower_bound=0.01)
+flags.DEFINE_float("at_p", D.at_p, "Attention transfer: attention = mean over channels of |F|^p.",
+                   lower_bound=0.5)
+flags.DEFINE_float("at_beta", D.at_beta, "Attention transfer: scale of the term (the paper's β).", lower_bound=0)
+flags.DEFINE_float("rkd_distance_weight", D.rkd_distance_weight, "RKD: weight of the distance term.",
+                   lower_bound=0)
+flags.DEFINE_float("rkd_angle_weight", D.rkd_angle_weight, "RKD: weight of the angle term.", lower_bound=0)
+
 flags.DEFINE_integer("synthetic_identities", None, "Synthetic data: identities.", lower_bound=2)
 flags.DEFINE_integer("synthetic_images", None, "Synthetic data: images per identity.", lower_bound=2)
 flags.DEFINE_integer("synthetic_size", None, "Synthetic data: image size in pixels.", lower_bound=32)
@@ -100,7 +120,20 @@ flags.register_validator("transfer_inits", lambda v: bool(v) and set(v) <= {"pre
                          "--transfer_inits: any of pretrain, distill")
 flags.register_validator("verify_softmax", lambda v: v is None or (bool(v) and set(v) <= {"off", "on"}),
                          "--verify_softmax: any of off, on")
-assert set(TARGETS) >= {"soft", "logits", "hidden"}
+
+
+def _kd_specs(values) -> bool:
+    """Each spec parses (unknown names, bad weights, a name twice: the error says which and why)."""
+    for v in values:
+        try:
+            methods.parse_kd(v)
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from None
+    return True
+
+
+flags.register_validator("kd", lambda v: _kd_specs([v]), "--kd: name[:weight] terms")
+flags.register_validator("methods", _kd_specs, "--methods: specs of name[:weight] terms joined by '+'")
 
 
 def apply_preset(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -60,6 +60,20 @@ class Config:
     mining: str = "batch_hard"
     verify_softmax: Tuple[bool, ...] = (False, True)
 
+    # more distillation methods (distill/methods.py): specs "name[:weight]" joined by "," or "+"
+    kd: str = ""                           # the loss of the distilled classification student; "" = soft:alpha
+    methods: Tuple[str, ...] = ()          # one extra distilled student per spec (the methods table)
+    dkd_alpha: float = 1.0                 # Decoupled KD: weight of TCKD ...
+    dkd_beta: float = 8.0                  # ... and of NCKD (mdistiller's CIFAR-100 setting)
+    dkd_temperature: float = 4.0
+    dist_beta: float = 1.0                 # DIST: inter-class relation weight ...
+    dist_gamma: float = 1.0                # ... intra-class relation weight (official code's defaults)
+    dist_tau: float = 1.0
+    at_p: float = 2.0                      # attention transfer: attention = mean_c |F|^p
+    at_beta: float = 1000.0                # ... its scale (the paper's β = 10³)
+    rkd_distance_weight: float = 25.0      # RKD: λ_D and λ_A (Park et al.)
+    rkd_angle_weight: float = 50.0
+
     # synthetic data
     synthetic_identities: int = 40
     synthetic_images: int = 50

@@ -41,6 +41,19 @@ DASH = "–"
 _FRACTION = re.compile(r"(^|_)(top1|top5|rank1|pair_acc|tar_at_far|acc)(_|$)")
 _PERCENT = re.compile(r"(^|_)(nrmse|failure_rate)(_|$)")
 
+# ---- the methods table: each distillation loss of distill/methods.py on the same footing ---------------
+# Method rows are the students whose layers all start from a classification network (init "label": the
+# label-only student; "distill": the distilled classification student), then train with the task loss + one
+# distillation loss ("none": the task loss alone, the control). The table appears once a loss beyond the
+# paper's soft/hidden terms has been run (the paper's own tables show those).
+METHOD_INITS = ("label", "distill")
+METHOD_METRICS: dict[str, list[str]] = {"classify": ["top1", "pair_acc"], "align": ["nrmse", "failure_rate"],
+                                        "verify": ["rank1", "pair_acc"]}
+PAPER_TARGETS = {"soft", "hidden"}
+METHODS_NOTE = ("each row: every layer initialized from a classification network (init label: the label-only "
+                "student; distill: the distilled classification student), then the task loss + that "
+                "distillation loss; none = the task loss alone")
+
 
 def _type_ok(value: Any, kind: type) -> bool:
     return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is not a number
@@ -192,6 +205,11 @@ def _students(models: list[dict]) -> list[dict]:
     return [m for m in models if m.get("role") == "student"]
 
 
+def _paper_students(models: list[dict]) -> list[dict]:
+    """Students trained with the paper's terms only (the α:β tables; other losses go to the methods table)."""
+    return [m for m in _students(models) if set(m.get("targets") or []) <= PAPER_TARGETS]
+
+
 def _widths(models: list[dict]) -> list[int]:
     return sorted({m["width_divisor"] for m in _students(models)})
 
@@ -243,7 +261,7 @@ def _align_tables(models: list[dict]) -> list[str]:
     teacher = _teacher(models)
     out: list[str] = []
     for d in _widths(models):
-        cands = [m for m in _students(models) if m["width_divisor"] == d and m["init"] in ("pretrain", "distill")]
+        cands = [m for m in _paper_students(models) if m["width_divisor"] == d and m["init"] in ("pretrain", "distill")]
         if not cands:
             continue
         out += ([""] if out else []) + [f"## Table 3 shape, student /{d}: NRMSE % (lower is better); "
@@ -256,7 +274,7 @@ def _align_tables(models: list[dict]) -> list[str]:
 def _verify_tables(models: list[dict]) -> list[str]:
     out: list[str] = []
     for table, softmax, loss in (("Table 4", False, "triplet loss only"), ("Table 5", True, "triplet + softmax")):
-        cands = [m for m in _students(models) if bool(m.get("softmax", False)) == softmax
+        cands = [m for m in _paper_students(models) if bool(m.get("softmax", False)) == softmax
                  and m["init"] in ("pretrain", "distill")]
         if not cands:
             continue
@@ -267,6 +285,69 @@ def _verify_tables(models: list[dict]) -> list[str]:
         out += _table(["student", "init"] + [_ab(a, b) for a, b in _ab_columns(cands)], rows)
     return out + _per_model_table("Verification metrics per model (higher is better)", models,
                                   ["rank1", "pair_acc", "tar_at_far_1e-3"])
+
+
+def method_of(model: dict) -> str:
+    """The record's distillation loss by name ('soft', 'dkd', 'soft_at'); derived from ``targets`` for
+    records written before ``method`` was stored."""
+    return model.get("method") or "_".join(model.get("targets") or []) or "none"
+
+
+def _method_rows(models: list[dict]) -> list[dict]:
+    rows = [m for m in _students(models) if m.get("init") in METHOD_INITS]
+    return rows if any(set(m.get("targets") or []) - PAPER_TARGETS for m in rows) else []
+
+
+def _methods_tables(task: str, models: list[dict]) -> list[str]:
+    rows, metric_names = _method_rows(models), METHOD_METRICS.get(task, [])
+    teachers = [m for m in models if m.get("role") == "teacher"]
+    out: list[str] = []
+    for d in sorted({m["width_divisor"] for m in rows}):
+        out += ["", f"## Distillation methods, student /{d}", "", f"{METHODS_NOTE}.", ""]
+        out += _table(["method", "model", "init"] + [_metric_header(k) for k in metric_names],
+                      [[method_of(m) if m in rows else "(teacher)", m["name"], m["init"]]
+                       + [_cell(m, k) for k in metric_names]
+                       for m in [r for r in rows if r["width_divisor"] == d] + teachers])
+    return out
+
+
+def methods_markdown(by_task: dict[str, dict]) -> str:
+    """One table per student width across tasks: a row per method, a column per task (and verification
+    variant) with its headline metric. ``by_task``: task → its results.json. '' when no method ran."""
+    columns: dict[tuple, str] = {}
+    cells: dict[tuple, dict] = {}
+    for task in TASKS:
+        metric = (METHOD_METRICS.get(task) or [""])[0]
+        for m in _method_rows(by_task.get(task, {}).get("models", [])):
+            variant = " (+softmax)" if m.get("softmax") else ""
+            columns.setdefault((task, variant), f"{task} {_metric_header(metric)}{variant}")
+            cells.setdefault((m["width_divisor"], method_of(m), task, variant), m)
+    if not cells:
+        return ""
+    lines = ["# keras-kd: distillation methods", "", f"- note: {NOTE}; {METHODS_NOTE}", ""]
+    for d in sorted({k[0] for k in cells}):
+        methods = list(dict.fromkeys(k[1] for k in cells if k[0] == d))
+        rows = []
+        for method in methods:
+            rows.append([method] + [_cell(cells.get((d, method, t, v)), (METHOD_METRICS.get(t) or [""])[0])
+                                    for t, v in columns])
+        teachers = [_cell(_teacher(by_task[t].get("models", []), bool(v)), METHOD_METRICS[t][0]) for t, v in columns]
+        lines += [f"## Student /{d}", ""] + _table(["method"] + list(columns.values()),
+                                                   rows + [["(teacher)"] + teachers]) + [""]
+    return "\n".join(lines)
+
+
+def write_methods(model_dir: str) -> str:
+    """Writes ``model_dir/methods.md`` from every task's results.json there (when a method ran); returns it."""
+    by_task = {}
+    for task in TASKS:
+        path = os.path.join(model_dir, task, "results.json")
+        if os.path.exists(path):
+            by_task[task] = Results.load(path).data
+    text = methods_markdown(by_task)
+    if text:
+        _atomic_write(os.path.join(model_dir, "methods.md"), lambda f: f.write(text))
+    return text
 
 
 def _full_table(models: list[dict]) -> list[str]:
@@ -323,6 +404,7 @@ def write_markdown(results: dict, path: str) -> str:
              ""]
     lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
         task, lambda _: [])(models)
+    lines += _methods_tables(task, models)
     lines += _export_table(models)
     lines += _full_table(models)
     text = "\n".join(lines) + "\n"

@@ -187,7 +187,13 @@ class Runner:
     # ---- plans and paths ----------------------------------------------------------------------
     def plan(self, task: str) -> Dict[str, Stage]:
         if task not in self._plans:
-            self._plans[task] = {s.name: s for s in TASKS[task].plan(self.cfg)}
+            t = TASKS[task]
+            try:
+                self._plans[task] = {s.name: s for s in t.plan(self.cfg)}
+            except ValueError as e:
+                raise StageError(f"{task} plan: {e}") from None
+            for spec, why in t.skipped_methods(self.cfg):
+                self.log(f"[plan] {task}: --methods={spec} skipped: {why}")
         return self._plans[task]
 
     def stage(self, task: str, name: str) -> Stage:
@@ -280,7 +286,7 @@ class Runner:
             self._initial(stage, student)
             teacher = self.load(*stage.teacher) if stage.teacher else None
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
-                                  stage.targets, cfg.temperature, cfg.tau2)
+                                  stage.targets, config=cfg)
             bounds = [steps * e for e in range(cfg.lr_decay_epochs, stage.epochs, cfg.lr_decay_epochs)]
             schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
                 bounds, [stage.lr * cfg.lr_decay_factor ** i for i in range(len(bounds) + 1)]) if bounds else stage.lr
@@ -319,7 +325,7 @@ class Runner:
             metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
         record = {
             "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor,
-            "init": stage.init, "targets": [n for n, _ in stage.targets],
+            "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
             "alpha": stage.weight_of("soft"), "beta": stage.weight_of("hidden"),
             "params": resnet.count_params(student), "flops": resnet.count_flops(student),
             "metrics": {k: float(v) for k, v in metrics.items()},
@@ -429,6 +435,7 @@ class Runner:
         if distribute.is_chief(self.strategy):
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
+            results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks
             results.plot_history({r["name"]: r["history"] for r in records},
                                  os.path.join(out_dir, "training_curves.png"))
             stages = [s for s in self.plan(task).values() if s.evaluate]

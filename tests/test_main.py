@@ -83,6 +83,43 @@ def test_verify_triplet_softmax(model_dir):
     assert (model_dir / "verify" / "roc.png").stat().st_size > 1000
 
 
+def test_methods_classify(model_dir):
+    # Reuses every classification stage above; trains one student per added method, as Ours is trained.
+    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                       "--noexport", "--methods=dkd,at"))
+    assert "classify/student_d8_label: reusing" in out and out.count(": training ") == 2
+    models, _ = _results(model_dir, "classify")
+    for method in ("dkd", "at"):
+        m = models[f"student_d8_label_{method}"]
+        assert (m["method"], m["init"], m["targets"]) == (method, "label", [method])
+        assert 0 <= m["metrics"]["top1"] <= 1
+    md = (model_dir / "classify" / "results.md").read_text()
+    assert "## Distillation methods, student /8" in md and "Distillation methods" in out
+    for row in ("| soft | student_d8_label_soft | label |", "| dkd | student_d8_label_dkd | label |",
+                "| at | student_d8_label_at | label |"):
+        assert row in md
+
+
+def test_methods_verify_and_the_table_across_tasks(model_dir):
+    # soft is the α=1,β=0 stage trained above: only the RKD student is new.
+    out = _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=on",
+                       "--ab_grid=0:0,1:0", "--transfer_inits=distill", "--methods=rkd,soft", "--verbose=0",
+                       "--noexport"))
+    assert out.count(": training ") == 1 and "verify/student_d8_distill_rkd_softmax: training" in out
+    models, _ = _results(model_dir, "verify")
+    m = models["student_d8_distill_rkd_softmax"]
+    assert (m["method"], m["init"], m["softmax"]) == ("rkd", "distill", True) and 0 <= m["metrics"]["rank1"] <= 1
+    assert "| rkd | student_d8_distill_rkd_softmax | distill |" in (model_dir / "verify" / "results.md").read_text()
+    # One column per task (and verification variant: the triplet-only one was run above too).
+    joint = (model_dir / "methods.md").read_text()
+    assert "| method | classify top1 (%) | verify rank1 (%) | verify rank1 (%) (+softmax) |" in joint
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.split("|")[1:-1]] for line in joint.splitlines()
+                                  if line.startswith("| "))}
+    assert {"soft", "dkd", "at", "rkd", "none", "(teacher)"} <= set(rows)
+    assert rows["rkd"][:2] == ["–", "–"] and rows["rkd"][2] != "–" and rows["dkd"][1:] == ["–", "–"]
+    assert "–" not in rows["soft"]  # Ours in classification, the α=1,β=0 students in verification
+
+
 def test_changed_shapes_are_not_silently_reused(model_dir):
     proc = run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--image_size=40")
     assert proc.returncode == 2

@@ -4,23 +4,31 @@
     distiller.compile(optimizer)
     distiller.fit(dataset)
 
-The student and teacher stay plain functional models; the Distiller only adds losses (and the small
-adapters some targets need when widths differ). With no teacher it is plain supervised training, so every
-stage of a run — teacher, label-only student, distilled student — goes through the same loss reduction
-and logging. Export the student alone: the Distiller is a training device, not a deliverable.
+The student and teacher stay plain functional models; the Distiller only adds losses (the components of
+`distill/methods.py`, by name or as objects) and the small adapters some of them need when widths differ.
+Intermediate features a loss reads (attention transfer's stage maps) come from a feature model over the
+same layers (`models/resnet.feature_model`), so the student itself is never rebuilt. With no teacher it is
+plain supervised training, so every stage of a run — teacher, label-only student, distilled student — goes
+through the same loss reduction and logging. Export the student alone: the Distiller is a training
+device, not a deliverable.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
-from keras_kd.distill import losses
+from keras_kd.config import Config
+from keras_kd.distill import methods
 from keras_kd.keras import keras, tf
+from keras_kd.models import resnet
 
 
 class Distiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None,
-                 task_loss: Optional[Callable] = None, targets: Sequence[Tuple[str, float]] = (),
-                 temperature: float = 3.0, tau2: bool = False, **kwargs):
+                 task_loss: Optional[Callable] = None,
+                 targets: Sequence[Tuple[Union[str, methods.KDLoss], float]] = (),
+                 temperature: float = 3.0, tau2: bool = False, config: Optional[Config] = None, **kwargs):
+        """`targets`: (registry name or KDLoss, weight) pairs. Names are configured from `config` (a
+        Config: every method's hyper-parameters), by default the defaults with this τ and τ² flag."""
         super().__init__(**kwargs)
         if targets and teacher is None:
             raise ValueError("distillation targets need a teacher")
@@ -31,22 +39,29 @@ class Distiller(keras.Model):
         if teacher is not None:
             teacher.trainable = False
         self.task_loss = task_loss
-        self.temperature = temperature
-        self.tau2 = tau2
-        self.targets = [(losses.TARGETS[name], float(w)) for name, w in targets]
+        config = config if config is not None else Config(temperature=temperature, tau2=tau2)
+        self.targets = [(methods.create(t, config) if isinstance(t, str) else t, float(w)) for t, w in targets]
+        names = [t.name for t, _ in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a distillation target is given twice: {names}")
+        keys = sorted({k for t, _ in self.targets for k in t.keys})
+        # The networks as feature extractors (themselves when their outputs suffice), built here once.
+        self._student_features = resnet.feature_model(student, keys)
+        self._teacher_features = resnet.feature_model(teacher, keys) if self.targets else None
         self.adapters = {t.name: self._adapter(t) for t, _ in self.targets}
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
-                         ["loss"] + (["task"] if task_loss else []) + [t.name for t, _ in self.targets]}
+                         ["loss"] + (["task"] if task_loss else []) + names}
         # Built from built networks, so it is built too: BackupAndRestore then restores the optimizer's
         # slots at once instead of deferring them to the first step.
         self.build(student.input_shape)
 
-    def _adapter(self, target: losses.Target):
-        """A learned map from the student's feature width to the teacher's, or None when they match."""
-        s_dim = self.student.output[target.key].shape[-1]
-        t_dim = self.teacher.output[target.key].shape[-1]
+    def _adapter(self, target: methods.KDLoss):
+        """A learned map from the student's feature width to the teacher's, or None when none is needed."""
+        key = target.keys[0]
+        s_shape = self._student_features.output[key].shape
+        s_dim, t_dim = s_shape[-1], self._teacher_features.output[key].shape[-1]
         if s_dim == t_dim or target.adapter is None:
-            if s_dim != t_dim:
+            if s_dim != t_dim and not target.any_width:
                 raise ValueError(f"target {target.name!r}: student and teacher widths differ ({s_dim} vs {t_dim})")
             return None
         if target.adapter == "dense":
@@ -54,7 +69,7 @@ class Distiller(keras.Model):
         else:
             layer = keras.layers.Conv2D(t_dim, 1, use_bias=False, name=f"adapter_{target.name}")
         # Built now, in the strategy scope: creating variables later, inside a replica's step, fails.
-        layer.build(self.student.output[target.key].shape)
+        layer.build(s_shape)
         return layer
 
     @property
@@ -70,20 +85,21 @@ class Distiller(keras.Model):
         return self.student(images, training=training)
 
     def _per_example(self, images, y, training: bool):
-        """Per-example loss terms {name: [batch]} (weights applied)."""
-        s = self.student(images, training=training)
+        """Per-example loss terms {name: [batch]} (weights applied); relational terms broadcast."""
+        s = self._student_features(images, training=training)
         terms = {}
         if self.task_loss is not None:
             terms["task"] = self.task_loss(y, s)
         if self.targets:
-            t = self.teacher(images, training=False)
+            t = self._teacher_features(images, training=False)
+            t = {k: tf.stop_gradient(v) for k, v in t.items()}
+            labels = y.get("label") if isinstance(y, dict) else None
             for target, w in self.targets:
-                feat = s[target.key]
+                feats = {k: s[k] for k in target.keys}
                 adapter = self.adapters[target.name]
                 if adapter is not None:
-                    feat = adapter(feat)
-                kw = dict(temperature=self.temperature, tau2=self.tau2) if target.uses_temperature else {}
-                terms[target.name] = w * target.fn(feat, t[target.key], **kw)
+                    feats[target.keys[0]] = adapter(feats[target.keys[0]])
+                terms[target.name] = w * target(feats, t, labels)
         return terms
 
     def _loss(self, images, y, training: bool):

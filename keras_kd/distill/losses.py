@@ -1,13 +1,14 @@
-"""Losses as small per-example functions, and the registry of distillation targets.
+"""Losses as small tensor functions: the task losses and the formulas of every distillation method.
 
-Every function returns one value per example ([batch]); the Distiller reduces them over the *global*
+Per-example functions return one value per example ([batch]); the Distiller reduces them over the *global*
 batch, which is what keeps gradients right under tf.distribute (a mean per replica would scale the loss
-with the replica count).
+with the replica count). Relational formulas (RKD, DIST's intra-class term) compare examples with each
+other and return one value for the batch they see. Which network output each formula reads, its
+hyper-parameters and its registry name live in `distill/methods.py`.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Dict
+from typing import Sequence
 
 from keras_kd.keras import tf
 
@@ -99,37 +100,131 @@ def mean_sq(student, teacher):
     return tf.reduce_mean(tf.square(diff), axis=-1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """A distillation target: which output of each network it compares, and how.
+# ---- formulas of the added distillation methods ----------------------------------------------------
+# Teacher inputs are wrapped in stop_gradient here too: a formula never sends gradient to the teacher,
+# whoever calls it.
+_MASK = 1e4  # subtracted from a logit (already divided by τ) to take its class out of a softmax
 
-    `adapter` says how a student feature is mapped to the teacher's width when they differ: "dense" for
-    vectors, "conv1x1" for feature maps (FitNet's regressor), None for logits (same class count).
+
+def _kl_logspace(log_p, log_q):
+    """KL(p ‖ q) per row from log-probabilities (no log(0): masked classes carry p = 0 exactly)."""
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def _dkd_parts(z, gt):
+    """(log [p_target, 1 − p_target], log softmax over the non-target classes) of logits z / τ."""
+    lse = tf.reduce_logsumexp(z, axis=-1, keepdims=True)
+    others = tf.where(gt, z - _MASK, z)
+    lse_others = tf.reduce_logsumexp(others, axis=-1, keepdims=True)
+    log_target = tf.reduce_sum(tf.where(gt, z, 0.0), axis=-1, keepdims=True) - lse
+    return tf.concat([log_target, lse_others - lse], axis=-1), others - lse_others
+
+
+def dkd(student_logits, teacher_logits, labels, alpha: float = 1.0, beta: float = 8.0,
+        temperature: float = 4.0):
+    """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, both × τ², per example.
+
+    TCKD is the KL between the binary (target class, all others) distributions of teacher and student;
+    NCKD the KL between their distributions over the non-target classes alone. Classic KD couples NCKD
+    with the teacher's confidence (1 − p_target); DKD weighs it freely (β). Computed in log space
+    (log-sum-exp), so a confident teacher (p_target = 1) gives no log(0).
     """
-
-    name: str
-    key: str
-    fn: Callable
-    adapter: str | None = None
-    uses_temperature: bool = False
-
-
-TARGETS: Dict[str, Target] = {
-    "soft": Target("soft", "logits", soft_kd, uses_temperature=True),
-    "logits": Target("logits", "logits", mean_sq),
-    "hidden": Target("hidden", "hidden", mean_sq, adapter="dense"),
-    "hint": Target("hint", "hint", mean_sq, adapter="conv1x1"),
-}
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    gt = tf.one_hot(labels, tf.shape(student_logits)[-1], on_value=True, off_value=False, dtype=tf.bool)
+    s_bin, s_nc = _dkd_parts(student_logits / temperature, gt)
+    t_bin, t_nc = _dkd_parts(tf.stop_gradient(teacher_logits) / temperature, gt)
+    tckd = _kl_logspace(t_bin, s_bin)
+    nckd = _kl_logspace(t_nc, s_nc)
+    return (alpha * tckd + beta * nckd) * temperature ** 2
 
 
-def parse_kd(spec: str) -> list:
-    """'soft:1.0,hidden:0.5' → [('soft', 1.0), ('hidden', 0.5)]; weight 1 when omitted, 0-weights dropped."""
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, w = part.partition(":")
-        if name not in TARGETS:
-            raise ValueError(f"unknown distillation target {name!r}; choose from {', '.join(TARGETS)}")
-        weight = float(w) if w else 1.0
-        if weight:
-            out.append((name, weight))
-    return out
+def _pearson_rows(a, b, eps: float = 1e-8):
+    """Pearson correlation of each row of a with the same row of b (DIST's formula, its ε included).
+
+    The norm carries a 1e-24 under its square root so that a constant row (zero after centring) has a
+    finite gradient; the value moves by less than float32 resolution.
+    """
+    a = a - tf.reduce_mean(a, axis=1, keepdims=True)
+    b = b - tf.reduce_mean(b, axis=1, keepdims=True)
+    norm = lambda x: tf.sqrt(tf.reduce_sum(tf.square(x), axis=1) + 1e-24)  # noqa: E731
+    return tf.reduce_sum(a * b, axis=1) / (norm(a) * norm(b) + eps)
+
+
+def dist(student_logits, teacher_logits, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0):
+    """DIST (Huang et al., NeurIPS 2022): match relations of predictions, not their values.
+
+    Inter-class: 1 − Pearson(P_S[i, :], P_T[i, :]) of each example's class probabilities (per example).
+    Intra-class: 1 − mean over classes of Pearson(P_S[:, c], P_T[:, c]) across the batch (one value for
+    the batch, added to every example). Both × τ², P = softmax(logits / τ). Returns [batch].
+    """
+    ys = tf.nn.softmax(student_logits / tau)
+    yt = tf.nn.softmax(tf.stop_gradient(teacher_logits) / tau)
+    inter = 1.0 - _pearson_rows(ys, yt)
+    intra = 1.0 - tf.reduce_mean(_pearson_rows(tf.transpose(ys), tf.transpose(yt)))
+    return tau ** 2 * (beta * inter + gamma * intra)
+
+
+def attention_map(features, p: float = 2.0):
+    """Zagoruyko & Komodakis' spatial attention of a [B, H, W, C] map: mean_c |F|^p, flattened, unit L2.
+
+    Averaging over channels is what lets a narrow student match a wide teacher without an adapter.
+    """
+    q = tf.reduce_mean(tf.pow(tf.abs(features), p), axis=-1)
+    q = tf.reshape(q, [tf.shape(q)[0], -1])
+    return tf.math.l2_normalize(q, axis=1, epsilon=1e-24)  # x / max(‖x‖, 1e-12), as F.normalize
+
+
+def attention_transfer(student_maps: Sequence, teacher_maps: Sequence, p: float = 2.0):
+    """AT (ICLR 2017): Σ over feature maps of mean over positions of (Q_S/‖Q_S‖ − Q_T/‖Q_T‖)², per example.
+
+    The per-position mean is the paper's β / (positions · batch) normalization with the batch mean left
+    to the Distiller; the weight β (10³ in the paper and mdistiller) is applied by the caller.
+    """
+    total = 0.0
+    for s, t in zip(student_maps, teacher_maps):
+        if s.shape[1:3] != t.shape[1:3]:
+            raise ValueError(f"attention transfer: spatial sizes differ ({s.shape[1:3]} vs {t.shape[1:3]})")
+        diff = attention_map(s, p) - attention_map(tf.stop_gradient(t), p)
+        total += tf.reduce_mean(tf.square(diff), axis=1)
+    return total
+
+
+def _pdist(e, eps: float = 1e-12):
+    """Euclidean distances between rows, 0 on the diagonal (clipped at √ε elsewhere: a finite gradient)."""
+    sq = tf.reduce_sum(tf.square(e), axis=1)
+    d = tf.sqrt(tf.maximum(sq[:, None] + sq[None, :] - 2.0 * tf.matmul(e, e, transpose_b=True), eps))
+    return d * (1.0 - tf.eye(tf.shape(e)[0], dtype=e.dtype))
+
+
+def _smooth_l1(x):
+    """Huber with δ = 1 (PyTorch's smooth_l1_loss, which RKD uses), elementwise."""
+    ax = tf.abs(x)
+    return tf.where(ax < 1.0, 0.5 * tf.square(x), ax - 0.5)
+
+
+def _angles(e):
+    """cos ∠(e_j − e_i, e_k − e_i) for all i, j, k: [B, B, B] (0 where a difference vector is 0)."""
+    diff = e[None, :, :] - e[:, None, :]                       # [i, j] = e_j − e_i
+    unit = tf.math.l2_normalize(diff, axis=2, epsilon=1e-24)
+    return tf.matmul(unit, unit, transpose_b=True)
+
+
+def rkd(student, teacher, distance_weight: float = 25.0, angle_weight: float = 50.0):
+    """Relational KD (Park et al., CVPR 2019): one value for the batch of embeddings [B, D_S], [B, D_T].
+
+    Distance term: smooth-L1 between the pairwise distance matrices, each divided by its mean non-zero
+    distance (so the student's scale is free). Angle term: smooth-L1 between the cosines of all angles
+    formed by triples of examples. Means over all B² pairs and B³ triples, as the reference code. Only
+    relations are compared, so the widths need not match (no adapter).
+    """
+    s = tf.reshape(student, [tf.shape(student)[0], -1])
+    t = tf.reshape(tf.stop_gradient(teacher), [tf.shape(teacher)[0], -1])
+
+    def normalized(e):
+        d = _pdist(e)
+        positive = tf.cast(d > 0, d.dtype)
+        return tf.math.divide_no_nan(d, tf.math.divide_no_nan(tf.reduce_sum(d), tf.reduce_sum(positive)))
+
+    loss_d = tf.reduce_mean(_smooth_l1(normalized(s) - normalized(t)))
+    loss_a = tf.reduce_mean(_smooth_l1(_angles(s) - _angles(t)))
+    return distance_weight * loss_d + angle_weight * loss_a

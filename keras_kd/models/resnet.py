@@ -6,6 +6,11 @@ verification), tfmot can wrap its layers for QAT/pruning, and distillation losse
 
     "hint"    output of stage 2 (conv3_x), the FitNet hint layer
     "hidden"  the global-average-pooled features: the layer K that feeds the final fully-connected layers
+
+Distillation losses that compare other intermediate features (attention transfer reads every stage) find
+them by layer name in `FEATURE_LAYERS`, the mapping of this architecture's feature names to its layers,
+through `feature_model`: the model itself, its layers shared, never rebuilt with extra outputs (so its
+saved weights and exported signatures stay those of the plain network).
 """
 from __future__ import annotations
 
@@ -19,6 +24,15 @@ BASE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
 HINT_STAGE = 2
 BN = dict(momentum=0.9, epsilon=1e-5)
+
+
+# Feature name → layer name. "stageN" is the output of stage N's last bottleneck block (post-ReLU),
+# spatial size image_size / 2^(N+1) at every width; the teacher's and students' maps differ in channels only.
+FEATURE_LAYERS: Dict[str, str] = {
+    **{f"stage{s}": f"s{s}b{n}_out" for s, n in enumerate(BLOCKS, start=1)},
+    "hint": f"s{HINT_STAGE}b{BLOCKS[HINT_STAGE - 1]}_out",
+    "hidden": "hidden",
+}
 
 
 def _ch(c: int, d: int) -> int:
@@ -79,6 +93,23 @@ def build_model(width_divisor: int, image_size: int, num_classes: int, heads: Se
     for head in heads:
         outputs[head] = heads_lib.HEADS[head](feats["hidden"], embedding_dim=embedding_dim)
     return keras.Model(images, outputs, name=name)
+
+
+def feature_model(model: keras.Model, keys: Sequence[str]) -> keras.Model:
+    """`model` when its outputs hold every key; else a model over the same layers that also returns them.
+
+    The extra outputs come from the layers named in FEATURE_LAYERS; calling the result runs the network
+    once and updates the same variables (batch-norm statistics included) as calling `model` would.
+    """
+    outputs = dict(model.output)
+    missing = [k for k in keys if k not in outputs]
+    if not missing:
+        return model
+    unknown = [k for k in missing if k not in FEATURE_LAYERS]
+    if unknown:
+        raise ValueError(f"no feature named {unknown} in {model.name}; known: {', '.join(FEATURE_LAYERS)}")
+    outputs.update({k: model.get_layer(FEATURE_LAYERS[k]).output for k in missing})
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
 
 
 def count_params(model: keras.Model) -> int:

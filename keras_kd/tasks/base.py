@@ -7,12 +7,13 @@ saving, reuse and reporting are shared (stages.py).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from keras_kd.config import Config
 from keras_kd.data import pipeline
+from keras_kd.distill import methods
 from keras_kd.keras import keras, tf
 
 StageRef = Tuple[str, str]  # (task, stage name)
@@ -42,6 +43,11 @@ class Stage:
     def weight_of(self, target: str) -> float:
         return dict(self.targets).get(target, 0.0)
 
+    @property
+    def method(self) -> str:
+        """The distillation loss by name ('soft', 'dkd', 'soft_at2', 'none'): the methods table's row."""
+        return methods.spec_name(self.targets)
+
 
 class Task:
     name: str = ""
@@ -59,6 +65,33 @@ class Task:
 
     def plan(self, cfg: Config) -> list:
         raise NotImplementedError
+
+    def labels_index_classes(self, cfg: Config) -> bool:
+        """Whether this task's identity labels are the classes of the classification head every network
+        keeps: true when it trains on the classification data. Losses that read labels (DKD) need it."""
+        return self.uses_cls_data or cfg.cls_data in ("", cfg.data)
+
+    def method_terms(self, cfg: Config) -> List[methods.Spec]:
+        """The parsed terms of each --methods entry that applies to this task, duplicates dropped."""
+        out: Dict[str, methods.Spec] = {}
+        for spec in cfg.methods:
+            terms = methods.parse_kd(spec)
+            if self.skip_reason(terms, cfg) is None:
+                out.setdefault(methods.spec_name(terms), terms)
+        return list(out.values())
+
+    def skipped_methods(self, cfg: Config) -> List[Tuple[str, str]]:
+        """(spec, why) of each --methods entry this task leaves out (the run says so)."""
+        reasons = [(spec, self.skip_reason(methods.parse_kd(spec), cfg)) for spec in cfg.methods]
+        return [(spec, why) for spec, why in reasons if why]
+
+    def skip_reason(self, terms: methods.Spec, cfg: Config) -> Optional[str]:
+        """Why a distillation loss cannot run on this task with these flags, or None when it can."""
+        needs = [n for n, _ in terms if methods.REGISTRY[n].needs_labels]
+        if needs and not self.labels_index_classes(cfg):
+            return (f"{', '.join(needs)} needs identity labels of the classification head's classes, and "
+                    f"{self.name} trains on other data than the classification stages")
+        return None
 
     def evaluate(self, model: keras.Model, data_dir: str, cfg: Config) -> Tuple[Dict[str, float], dict]:
         """Returns (metrics, artifacts); artifacts feed the plots (CED, ROC)."""
@@ -88,6 +121,18 @@ def input_config(cfg: Config, batch_size: int, **kw) -> pipeline.InputConfig:
     """The pipeline settings every task shares (input size, seed, corrupt-record policy)."""
     return pipeline.InputConfig(image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
                                 skip_corrupt=cfg.skip_corrupt, **kw)
+
+
+def unique_stages(stages: Iterable[Stage]) -> List[Stage]:
+    """The stages in order, each name once: a stage planned twice must be planned the same way."""
+    seen: Dict[str, Stage] = {}
+    for s in stages:
+        if s.name in seen and seen[s.name] != s:
+            raise ValueError(f"stage {s.task}/{s.name} is planned twice with different settings "
+                             f"({seen[s.name].targets} vs {s.targets}): give the weights explicitly "
+                             "(e.g. --methods=soft:2 when --alpha=2)")
+        seen.setdefault(s.name, s)
+    return list(seen.values())
 
 
 def predict(model: keras.Model, ds: tf.data.Dataset, keys) -> Tuple[dict, dict]:

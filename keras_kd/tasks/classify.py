@@ -1,12 +1,13 @@
-"""Face classification (the paper's Section 3, Tables 1-2): teacher, label-only, Scratch, FitNet, Ours."""
+"""Face classification (the paper's Section 3, Tables 1-2): teacher, label-only, Scratch, FitNet, Ours,
+and one student per --methods spec, distilled from the label-only student as Ours is."""
 from __future__ import annotations
 
 from keras_kd import metrics
 from keras_kd.config import Config
 from keras_kd.data import pipeline
-from keras_kd.distill import losses
+from keras_kd.distill import losses, methods
 from keras_kd.tasks import verification
-from keras_kd.tasks.base import Stage, Task, predict
+from keras_kd.tasks.base import Stage, Task, predict, unique_stages
 
 
 class Classify(Task):
@@ -37,9 +38,14 @@ class Classify(Task):
                 stages += [hint, Stage(c, f"student_d{d}_fitnet_soft", d, "fitnet", cfg.student_epochs,
                                        cfg.lr_scratch, init_from=(c, hint.name), teacher=teacher, targets=soft)]
             if "label" in cfg.cls_inits:
-                stages.append(Stage(c, distilled_name(d), d, "label", cfg.student_epochs, cfg.lr_init,
-                                    init_from=(c, label.name), teacher=teacher, targets=soft))
-        return stages
+                stages.append(Stage(c, distilled_name(d, cfg), d, "label", cfg.student_epochs, cfg.lr_init,
+                                    init_from=(c, label.name), teacher=teacher, targets=ours_targets(cfg)))
+            # The methods table: each loss on the same footing as Ours (label-only init, same epochs).
+            for terms in self.method_terms(cfg):
+                stages.append(Stage(c, f"student_d{d}_label_{methods.spec_name(terms)}", d, "label",
+                                    cfg.student_epochs, cfg.lr_init, init_from=(c, label.name),
+                                    teacher=teacher if terms else None, targets=tuple(terms)))
+        return unique_stages(stages)
 
     def evaluate(self, model, data_dir, cfg):
         ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
@@ -51,6 +57,14 @@ class Classify(Task):
         return result, {}
 
 
-def distilled_name(d: int) -> str:
-    """The paper's "Ours" student (all layers initialized, then KD): what alignment/verification start from."""
-    return f"student_d{d}_label_soft"
+def ours_targets(cfg: Config) -> tuple:
+    """The loss of "Ours": --kd when given, else the paper's soft targets with weight α."""
+    return tuple(methods.parse_kd(cfg.kd)) if cfg.kd else (("soft", cfg.alpha),)
+
+
+def distilled_name(d: int, cfg: Config) -> str:
+    """The paper's "Ours" student (all layers initialized, then KD): what alignment/verification start from.
+
+    student_dD_label_soft with the paper's loss (whatever α, as always); named after --kd when given.
+    """
+    return f"student_d{d}_label_{methods.spec_name(ours_targets(cfg)) if cfg.kd else 'soft'}"

@@ -3,11 +3,14 @@
 Teacher from the classification teacher; students "Pretrain" (trained on the task alone first, from
 scratch — our reading of the paper's task-specific initialization) and "Distill" (from the distilled
 classification student), each trained with Eq. 5: task loss + α·soft targets + β·‖K_S − K_T‖².
+Each --methods spec adds a Distill student trained with the task loss + that distillation loss instead;
+a spec of the paper's terms alone (soft, hidden) is the α:β stage of the same weights.
 """
 from __future__ import annotations
 
 from keras_kd.config import Config
-from keras_kd.tasks.base import Stage, Task
+from keras_kd.distill import methods
+from keras_kd.tasks.base import Stage, Task, unique_stages
 from keras_kd.tasks.classify import distilled_name
 
 
@@ -27,12 +30,18 @@ class TransferTask(Task):
                 pretrain = Stage(t, f"student_d{d}_pretrain{suffix}", d, "scratch", cfg.pretrain_epochs,
                                  cfg.lr_scratch, softmax=softmax)
                 stages.append(pretrain)
+                distilled = ("classify", distilled_name(d, cfg))
                 for init in cfg.transfer_inits:
-                    start = (t, pretrain.name) if init == "pretrain" else ("classify", distilled_name(d))
+                    start = (t, pretrain.name) if init == "pretrain" else distilled
                     for a, b in cfg.ab_grid:
                         stages.append(Stage(
                             t, f"student_d{d}_{init}_a{a:g}b{b:g}{suffix}", d, init, cfg.transfer_epochs,
                             cfg.lr_init, init_from=start, teacher=(t, teacher.name),
                             targets=tuple((n, w) for n, w in (("soft", a), ("hidden", b)) if w),
                             softmax=softmax))
-        return stages
+                for terms in self.method_terms(cfg):
+                    name = methods.paper_name(terms) or methods.spec_name(terms)
+                    stages.append(Stage(t, f"student_d{d}_distill_{name}{suffix}", d, "distill",
+                                        cfg.transfer_epochs, cfg.lr_init, init_from=distilled,
+                                        teacher=(t, teacher.name), targets=tuple(terms), softmax=softmax))
+        return unique_stages(stages)
