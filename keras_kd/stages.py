@@ -33,6 +33,7 @@ from keras_kd import distribute, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
+from keras_kd.distill import teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
@@ -156,6 +157,7 @@ class Runner:
         self._plans: Dict[str, Dict[str, Stage]] = {}
         self._metas: Dict[str, dict] = {}
         self._records: Dict[tuple, dict] = {}
+        self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
 
     # ---- data ----------------------------------------------------------------------------------
     def data_dir(self, task: str) -> str:
@@ -187,7 +189,9 @@ class Runner:
     # ---- plans and paths ----------------------------------------------------------------------
     def plan(self, task: str) -> Dict[str, Stage]:
         if task not in self._plans:
-            self._plans[task] = {s.name: s for s in TASKS[task].plan(self.cfg)}
+            stages = teacher_cache.cached_names(TASKS[task].plan(self.cfg), self.cfg.teacher_cache, lambda r: {
+                s.name: s for s in TASKS[r[0]].plan(self.cfg)}.get(r[1]))  # students on cached targets: NAME_tc
+            self._plans[task] = {s.name: s for s in stages}
         return self._plans[task]
 
     def stage(self, task: str, name: str) -> Stage:
@@ -287,8 +291,10 @@ class Runner:
             distiller.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True,
                                                    weight_decay=cfg.weight_decay or None),
                               steps_per_execution=cfg.steps_per_execution)
+        cache = self._teacher_cache(stage, data_dir, train_cfg)
         ds = self.strategy.distribute_datasets_from_function(
-            lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx))
+            lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
+                                              teacher_outputs=cache))
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
@@ -329,6 +335,8 @@ class Runner:
         }
         if resumed:
             record["resumed_at_epoch"] = resumed[0][0] + 1
+        if cache is not None:
+            record["teacher_cache"] = cfg.teacher_cache
         if self.data_problems.get(data_dir):
             record["skipped_problems"] = len(self.data_problems[data_dir])
         if stage.task == "verify":
@@ -340,6 +348,20 @@ class Runner:
         self.log(f"[stage] {label}: {stage.epochs} epochs in {seconds:.0f}s, loss "
                  f"{loss[0]:.3f} → {loss[-1]:.3f}; {_fmt(record['metrics'])}")
         return record
+
+    def _teacher_cache(self, stage: Stage, data_dir: str, train_cfg: pipeline.InputConfig):
+        """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""
+        if not teacher_cache.uses_cache(stage, self.cfg.teacher_cache):
+            if self.cfg.teacher_cache != "off" and stage.targets:
+                self.log(f"[teacher cache] {stage.task}/{stage.name}: targets {[n for n, _ in stage.targets]} need "
+                         f"teacher outputs the cache does not hold ({', '.join(teacher_cache.KEYS)} only): online teacher")
+            return None
+        teacher = self.stage(*stage.teacher)
+        own = self.path(teacher, ".weights.h5", self.root)
+        weights = own if os.path.exists(own) else self.path(teacher, ".weights.h5")
+        return teacher_cache.get(self.cfg.teacher_cache, weights, data_dir, train_cfg,
+                                 lambda: self.load(*stage.teacher), self._teacher_caches,
+                                 write=self.worker == 0, log=self.log)
 
     def _prepare_backup(self, stage: Stage, signature: dict) -> str:
         """The stage's backup directory, emptied unless it holds a backup of this very stage's training.

@@ -76,7 +76,8 @@ class Distiller(keras.Model):
         if self.task_loss is not None:
             terms["task"] = self.task_loss(y, s)
         if self.targets:
-            t = self.teacher(images, training=False)
+            # Precomputed teacher outputs (--teacher_cache) come with the batch: no teacher pass then.
+            t = y["teacher"] if isinstance(y, dict) and "teacher" in y else self.teacher(images, training=False)
             for target, w in self.targets:
                 feat = s[target.key]
                 adapter = self.adapters[target.name]
