@@ -6,8 +6,10 @@ Mixed precision is `mixed_bfloat16` on CPU (this CPU has AVX512_BF16) and `mixed
 loss scaling). Four configurations, plus the fp32 baseline trained twice so that the run-to-run noise of
 the metric is on the table too (the training input order is not deterministic):
 
-    speed   the /d student's plain train step (quick preset: 48 px, batch 32, 30 classes) on a fixed batch,
-            through fit's train function, alternating rounds → time relative to fp32 without XLA
+    speed   train steps on a fixed batch through fit's train function, alternating rounds → time relative
+            to fp32 without XLA; first call (trace + compile) timed apart. Steps: the /8 student's plain
+            step at 48 px (quick preset, batch 32, 30 classes) and at 224 px (batch 16, 10,575 classes),
+            and the /8 distillation step with the online ResNet-50 teacher at 48 px
     metric  the same student trained from the same initial weights for --steps steps with Distiller.fit on
             the quick preset's synthetic data (labels, Nesterov SGD lr 0.05), then top-1 on its test split,
             evaluated in float32 (the trained weights are float32 variables in every configuration)
@@ -17,6 +19,7 @@ A speed-up that breaks training shows as a metric outside the fp32 pair's spread
 from __future__ import annotations
 
 import gc
+import time
 
 from bench import common
 from keras_kd.config import Config
@@ -41,13 +44,24 @@ class ScaledDistiller(Distiller):
         return {name: m.result() for name, m in self.trackers.items()}
 
 
-def build(width: int, size: int, classes: int, policy: str, jit: bool, init_weights, lr: float):
+def float32_outputs(model: keras.Model) -> keras.Model:
+    """The model with every output cast to float32 (Keras' advice under mixed precision: losses in fp32)."""
+    if model.dtype_policy.compute_dtype == "float32":
+        return model
+    out = {k: keras.layers.Activation("linear", dtype="float32", name=f"{k}_float32")(v)
+           for k, v in model.output.items()}
+    return keras.Model(model.input, out, name=model.name)
+
+
+def build(width: int, size: int, classes: int, policy: str, jit: bool, init_weights, lr: float, online=False):
     keras.mixed_precision.set_global_policy(policy)
     try:
-        student = resnet.build_model(width, size, classes, name=f"student_d{width}")
-        student.set_weights(init_weights)
+        student = float32_outputs(resnet.build_model(width, size, classes, name=f"student_d{width}"))
+        if init_weights is not None:
+            student.set_weights(init_weights)
+        teacher = float32_outputs(resnet.build_model(1, size, classes, name="teacher")) if online else None
         cls = ScaledDistiller if policy == "mixed_float16" else Distiller
-        d = cls(student, None, task_loss=common.ce)
+        d = cls(student, teacher, task_loss=common.ce, targets=[("soft", 1.0)] if online else ())
         d.compile(keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=1e-4), jit_compile=jit)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -61,6 +75,7 @@ def main(argv=None) -> list:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=150, help="training steps for the metric")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no_paper", action="store_true", help="skip the 224 px speed case")
     args = p.parse_args(argv)
     common.header("precision")
     gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -71,16 +86,33 @@ def main(argv=None) -> list:
     classes = common.QUICK_CLASSES
     keras.utils.set_random_seed(0)
     init = resnet.build_model(args.width, args.size, classes).get_weights()
-    x, y = common.random_batch(args.batch, args.size, classes)
 
-    # speed: alternating rounds over the four configurations
-    fns = {}
-    for policy, jit, label in configs:
-        fns[label] = common.step_fn(build(args.width, args.size, classes, policy, jit, init, 0.05), x, y)
-    secs = common.rounds(fns, args.repeats, 3, warmup=2)
-    print("# speed measured; " + common.load(), flush=True)
-    del fns
-    gc.collect()
+    # speed: per step kind, alternating rounds over the four configurations
+    speed = []
+    for case, width, size, batch, n_cls, online in (
+            (f"/{args.width} plain {args.size}px", args.width, args.size, args.batch, classes, False),
+            (f"/{args.width} plain {common.PAPER}px", args.width, common.PAPER, 16, common.PAPER_CLASSES, False),
+            (f"/{args.width} online teacher {args.size}px", args.width, args.size, args.batch, classes, True)):
+        if size == common.PAPER and args.no_paper:
+            continue
+        xs, ys = common.random_batch(batch, size, n_cls)
+        fns, first = {}, {}
+        for policy, jit, label in configs:
+            keras.utils.set_random_seed(0)
+            fn = common.step_fn(build(width, size, n_cls, policy, jit, None, 0.05, online), xs, ys)
+            t0 = time.perf_counter()
+            fn()
+            first[label] = time.perf_counter() - t0
+            fns[label] = fn
+        secs = common.rounds(fns, args.repeats, 1 if online or size > 64 else 3, warmup=1)
+        for _, _, label in configs:
+            speed.append({"case": case, "config": label, "batch": batch, "step_s": secs[label],
+                          "img_s": batch / secs[label], "speedup": secs[configs[0][2]] / secs[label],
+                          "first_call_s": first[label]})
+        print(f"# speed {case}: " + ", ".join(f"{k} {batch / v:.0f} img/s" for k, v in secs.items())
+              + f"; {common.load()}", flush=True)
+        del fns
+        gc.collect()
 
     # metric: short training of each from the same weights, fp32 twice (its spread is the noise)
     cfg = Config(image_size=args.size, batch_size=args.batch, seed=0, students=(args.width,))
@@ -99,23 +131,26 @@ def main(argv=None) -> list:
         del d, fp32
         gc.collect()
 
-    base = secs["fp32"]
-    rows = [{"config": label, "step_s": secs[label], "img_s": args.batch / secs[label],
-             "speedup": base / secs[label], **metrics[label]} for _, _, label in configs]
-    rows.append({"config": "fp32 (again)", **metrics["fp32 (again)"]})
     print()
-    print(common.table(
-        ["configuration", "step s", "images/s", "speed-up vs fp32", f"top-1 after {args.steps} steps",
-         "last loss"],
-        [[r["config"], r.get("step_s", "–"), r.get("img_s", "–"),
-          f"{r['speedup']:.2f}" if "speedup" in r else "–", f"{r['top1']:.4f}", f"{r['loss']:.3f}"] for r in rows]))
-    print(f"\n/{args.width} student, {args.size} px, batch {args.batch}; {'GPU' if gpu else 'CPU'}")
-    common.write_json(args.json, "precision", rows)
+    print(f"## Speed ({'GPU' if gpu else 'CPU'}), relative to fp32 without XLA\n")
+    print(common.table(["train step", "configuration", "batch", "step s", "images/s", "speed-up vs fp32",
+                        "first call s (trace + compile)"],
+                       [[r["case"], r["config"], r["batch"], r["step_s"], r["img_s"], f"{r['speedup']:.2f}",
+                         f"{r['first_call_s']:.1f}"] for r in speed]))
+    print(f"\n## Metric: /{args.width} student, {args.size} px, batch {args.batch}, {args.steps} steps from the same "
+          "weights, top-1 on the test split (fp32 twice: its spread is the run-to-run noise)\n")
+    print(common.table(["configuration", f"top-1 after {args.steps} steps", "last training loss"],
+                       [[k, f"{v['top1']:.4f}", f"{v['loss']:.3f}"] for k, v in metrics.items()]))
+    common.write_json(args.json, "precision", {"speed": speed, "metrics": metrics})
     common.footer()
-    print("RATIO precision: speed-up vs fp32 (top-1 after short training; fp32 twice: "
-          f"{metrics['fp32']['top1']:.3f}, {metrics['fp32 (again)']['top1']:.3f}): " + ", ".join(
-              f"{r['config']} {r['speedup']:.2f} ({r['top1']:.3f})" for r in rows if "speedup" in r))
-    return rows
+    first_case = speed[0]["case"]
+    print("RATIO precision: speed-up vs fp32 (" + first_case + "; top-1 after short training, fp32 twice "
+          f"{metrics['fp32']['top1']:.3f}/{metrics['fp32 (again)']['top1']:.3f}): " + ", ".join(
+              f"{r['config']} {r['speedup']:.2f} ({metrics[r['config']]['top1']:.3f})"
+              for r in speed if r["case"] == first_case) + "; other steps: " + "; ".join(
+              f"{r['case']} {r['config']} {r['speedup']:.2f}" for r in speed
+              if r["case"] != first_case and r["config"] != "fp32"))
+    return speed
 
 
 if __name__ == "__main__":

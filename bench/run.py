@@ -1,7 +1,7 @@
 """Runs several benchmarks, each in its own Python process (mixed-precision policies, XLA and thread pools
 do not leak between them), printing each one's output and collecting the RATIO lines at the end.
 
-    python -m bench.run                                   all six, default settings
+    python -m bench.run                                   all of them, default settings
     python -m bench.run --only=train_step,flops           some of them
     python -m bench.run --wait --out=bench/out            first wait (≤ 10 min) for the 1-min load average
                                                           to fall below --max_load; keep logs and JSON
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-BENCHES = ("train_step", "input_pipeline", "flops", "precision", "export_latency", "scaling")
+BENCHES = ("train_step", "input_pipeline", "flops", "precision", "export_latency", "scaling", "optimizations")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
