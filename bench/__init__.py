@@ -6,6 +6,8 @@
     python -m bench.precision         XLA (jit_compile) and mixed precision: speed and metric after short training
     python -m bench.export_latency    exported students: size and LiteRT latency vs the teacher; SavedModel serving
     python -m bench.scaling           step time vs width divisor and input size, against the FLOP model
+    python -m bench.breakdown         where a train step's time goes (its parts timed alone)
+    python -m bench.optimizations     before/after of each optimization tried
     python -m bench.run [--only=a,b] [--wait]   several of them, each in its own process
 
 The machines these run on are shared and noisy: nothing here asserts a time. Each benchmark prints the

@@ -13,6 +13,7 @@ option is worth:
     no image cache     decode and resize every record every epoch (what a set too big for memory pays)
     deterministic      element order fixed (as evaluation has it)
     1 thread           tf.data's private thread pool limited to one thread
+    no image cache, 1 thread    both: what parallel decoding is worth
 
 Each variant is timed over `--batches` batches after its cache is filled, in alternating rounds. The
 train steps it is compared with are measured in the same run: the plain /8 student step and the /8
@@ -65,6 +66,7 @@ def variants(data_dir: str, cfg: pipeline.InputConfig, classes: int) -> dict:
         "no image cache": make(dataclasses.replace(cfg, cache=False)),
         "deterministic": with_options(make(), deterministic=True),
         "1 thread": with_options(make(), threads=1),
+        "no image cache, 1 thread": with_options(make(dataclasses.replace(cfg, cache=False)), threads=1),
     }
 
 

@@ -8,7 +8,7 @@ The /8 student at the quick preset's 48 px, batch 32 (the default run's configur
     fold     the online teacher's forward pass (inference) → the same network with every BN folded into the
              convolution before it (fewer ops; TensorFlow's graph optimizer already fuses Conv+BN+ReLU on
              CPU, so this checks whether folding by hand adds anything)
-    xla      the cached distillation step without → with XLA (--jit_compile), at 48 and 224 px; the compile
+    xla      the cached distillation step without → with XLA (compile(jit_compile=True)), at 48 and 224 px; the compile
              time and the number of steps after which it has paid for itself
     spe      `fit` over the real input pipeline (cached teacher outputs), steps_per_execution 1 → 8
     onednn   TF_ENABLE_ONEDNN_OPTS=1 (TensorFlow's default on x86) → 0, each in its own process (it is read
@@ -142,7 +142,7 @@ def item_xla(repeats):
         saved = secs["off"] - secs["on"]
         extra = first["on"] - first["off"]
         breakeven = f"pays off after {extra / saved:.0f} steps" if saved > 0 else "never pays off"
-        rows.append({"item": "XLA (--jit_compile)", "what": f"/8 cached distill step, {size} px, batch {batch}",
+        rows.append({"item": "XLA (jit_compile=True)", "what": f"/8 cached distill step, {size} px, batch {batch}",
                      "before": "off", "after": "on", "before_s": secs["off"], "after_s": secs["on"],
                      "note": f"first call {first['off']:.1f} s → {first['on']:.1f} s; {breakeven}"})
         del t, fns

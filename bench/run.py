@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-BENCHES = ("train_step", "input_pipeline", "flops", "precision", "export_latency", "scaling", "optimizations")
+BENCHES = ("train_step", "input_pipeline", "flops", "precision", "export_latency", "scaling", "breakdown",
+           "optimizations")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         log = open(os.path.join(args.out, name + ".log"), "w") if args.out else None
         for line in proc.stdout:
-            if line.startswith(("WARNING", "I0000", "W0000")) or "oneDNN" in line or "cpu_feature_guard" in line:
+            if line.startswith(("WARNING:", "I0000", "W0000")) or "oneDNN custom operations" in line \
+                    or "cpu_feature_guard" in line or line.startswith("To enable the following instructions"):
                 continue
             sys.stdout.write(line)
             if log:

@@ -60,9 +60,6 @@ for _name, _what in [("teacher", "the classification teacher"), ("student", "cla
                      ("pretrain", "align/verify Pretrain students")]:
     flags.DEFINE_integer(f"{_name}_epochs", None, f"Epochs of {_what}.", lower_bound=1)
 flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.", lower_bound=1)
-flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA, for stages whose step runs no teacher "
-                  "(plain, or --teacher_cache): on CPU ~1.4x faster small-student steps after a ~30 s compile per "
-                  "stage; steps with an online teacher stay without XLA (on CPU its ResNet-50 ran 4x slower).")
 
 flags.DEFINE_float("temperature", None, "Soft-target temperature τ.", lower_bound=0.01)
 flags.DEFINE_bool("tau2", None, "Scale the soft-target loss by τ² (Hinton); the paper does not.")

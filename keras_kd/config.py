@@ -48,7 +48,6 @@ class Config:
     transfer_epochs: int = 5
     pretrain_epochs: int = 5
     steps_per_execution: int = 1
-    jit_compile: bool = False              # XLA for steps without an online teacher (bench/RESULTS.md)
 
     # distillation
     temperature: float = 3.0

@@ -281,9 +281,6 @@ class Runner:
                  f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})")
         cache = self._teacher_cache(stage, data_dir, train_cfg)
         keras.utils.set_random_seed(cfg.seed)  # again: filling the cache may have built a teacher
-        jit = cfg.jit_compile and (not stage.targets or cache is not None)  # never around an online teacher
-        if cfg.jit_compile and not jit:
-            self.log(f"[stage] {label}: --jit_compile not used: the step runs the teacher (XLA made it slower)")
         with self.strategy.scope():
             student = self.build(stage)
             self._initial(stage, student)
@@ -295,7 +292,7 @@ class Runner:
                 bounds, [stage.lr * cfg.lr_decay_factor ** i for i in range(len(bounds) + 1)]) if bounds else stage.lr
             distiller.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True,
                                                    weight_decay=cfg.weight_decay or None),
-                              steps_per_execution=cfg.steps_per_execution, jit_compile=jit)
+                              steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
                                               teacher_outputs=cache))
@@ -339,10 +336,8 @@ class Runner:
         }
         if resumed:
             record["resumed_at_epoch"] = resumed[0][0] + 1
-        if cache is not None:
+        if cache is not None or stage.name.endswith(teacher_cache.SUFFIX):  # trained on, or from, cached targets
             record["teacher_cache"] = cfg.teacher_cache
-        if jit:
-            record["jit_compile"] = True
         if self.data_problems.get(data_dir):
             record["skipped_problems"] = len(self.data_problems[data_dir])
         if stage.task == "verify":

@@ -176,7 +176,8 @@ def test_cached_stages_are_named_apart_from_online_ones():
     al = {s.name: s for s in teacher_cache.cached_names(plans["align"], "memory", lookup)}
     assert "student_d8_pretrain_a0b0" in al and "student_d8_pretrain_a0b1_tc" in al  # no target: shared
     assert al["student_d8_distill_a1b0_tc"].init_from == ("classify", "student_d8_label_soft_tc")
-    assert al["student_d8_distill_a0b0"].init_from == ("classify", "student_d8_label_soft_tc")
+    assert al["student_d8_distill_a0b0_tc"].init_from == ("classify", "student_d8_label_soft_tc")  # its history
+    assert al["student_d8_distill_a1b0_tc"].teacher == ("align", "teacher")
     assert teacher_cache.cached_names(plans["align"], "off", lookup) == plans["align"]
 
 

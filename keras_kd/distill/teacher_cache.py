@@ -33,9 +33,10 @@ Records are matched by their ``image/source`` string (unique within a data set; 
 looks each record up in a hash table and gathers its row (``TeacherCache.__call__``), so shuffling,
 interleaving, P×K batches and ``tf.distribute`` input sharding are all unaffected.
 
-Stages trained on cached targets are named with the ``_tc`` suffix (``cached_names``): they never overwrite
-or get reused as their online twins, and both can sit in one model_dir, sharing the teacher and the
-label-only students; results.md then compares each pair (``results.py``, "Teacher cache").
+Stages trained on cached targets, or starting from such a stage, are named with the ``_tc`` suffix
+(``cached_names``): they never overwrite or get reused as their online twins, and both can sit in one
+model_dir, sharing the teacher and the label-only students; results.md then compares each pair
+(``results.py``, "Teacher cache"), and each record says ``"teacher_cache": "memory"|"disk"``.
 """
 from __future__ import annotations
 
@@ -83,19 +84,23 @@ def uses_cache(stage, mode: str) -> bool:
 def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[object]]) -> list:
     """The plan with cached stages renamed NAME_tc, and references to them (init_from) renamed too.
 
-    ``lookup((task, name))`` returns the (un-renamed) stage a reference points to, in any task's plan, so
-    that alignment's Distill students start from the cached classification student of the same run.
+    A stage is cached when it trains on cached targets, or starts from a cached stage (alignment's Distill
+    students start from the cached classification student of the same run, even with α = β = 0): a name
+    always says whether the cache is anywhere in a network's history. ``lookup((task, name))`` returns the
+    (un-renamed) stage a reference points to, in any task's plan.
     """
     if mode == "off":
         return stages
 
-    def ref(r):
-        if r is None:
-            return None
-        target = lookup(r)
-        return (r[0], r[1] + SUFFIX) if target is not None and uses_cache(target, mode) else r
+    def cached(stage, depth=0) -> bool:
+        if stage is None or depth > 20:
+            return False
+        return uses_cache(stage, mode) or (stage.init_from is not None and cached(lookup(stage.init_from), depth + 1))
 
-    return [dataclasses.replace(s, name=s.name + SUFFIX if uses_cache(s, mode) else s.name,
+    def ref(r):
+        return (r[0], r[1] + SUFFIX) if r is not None and cached(lookup(r)) else r
+
+    return [dataclasses.replace(s, name=s.name + SUFFIX if cached(s) else s.name,
                                 init_from=ref(s.init_from), teacher=ref(s.teacher)) for s in stages]
 
 
