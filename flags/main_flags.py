@@ -29,6 +29,10 @@ flags.DEFINE_integer("backup_steps", 0, "Back up the training state every N step
                      lower_bound=0)
 flags.DEFINE_bool("skip_corrupt", False, "Skip unreadable records (CRC errors, undecodable images, labels "
                   "out of range) instead of stopping; they are counted and listed in the log first.")
+flags.DEFINE_enum("teacher_cache", "off", ["off", "memory", "disk"],
+                  "Compute the teacher's logits and hidden layer once per training image (un-augmented centre "
+                  "crop) instead of in every step: memory (this run) or disk (<data>/teacher_cache/, reused "
+                  "while teacher, data and pre-processing are unchanged). Students trained so are named *_tc.")
 flags.DEFINE_bool("export", True, "After training, export students as SavedModel + TFLite (docs/serving.md); "
                   "--noexport skips it.")
 flags.DEFINE_enum("export_models", "best", ["best", "all"], "Which students main.py exports: the best of each "

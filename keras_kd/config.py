@@ -24,6 +24,7 @@ class Config:
     verbose: int = 1
     backup_steps: int = 0                  # back up training state every N steps; 0 = at each epoch end
     skip_corrupt: bool = False             # skip (and count) corrupt records instead of stopping
+    teacher_cache: str = "off"             # off | memory | disk: precomputed teacher outputs (distill/teacher_cache.py)
 
     # models
     students: Tuple[int, ...] = (2, 4, 8)

@@ -33,6 +33,7 @@ from keras_kd import distribute, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
+from keras_kd.distill import teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
@@ -156,6 +157,7 @@ class Runner:
         self._plans: Dict[str, Dict[str, Stage]] = {}
         self._metas: Dict[str, dict] = {}
         self._records: Dict[tuple, dict] = {}
+        self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
 
     # ---- data ----------------------------------------------------------------------------------
     def data_dir(self, task: str) -> str:
@@ -189,9 +191,12 @@ class Runner:
         if task not in self._plans:
             t = TASKS[task]
             try:
-                self._plans[task] = {s.name: s for s in t.plan(self.cfg)}
+                # Students on cached teacher targets are NAME_tc, beside their online twins.
+                stages = teacher_cache.cached_names(t.plan(self.cfg), self.cfg.teacher_cache, lambda r: {
+                    s.name: s for s in TASKS[r[0]].plan(self.cfg)}.get(r[1]))
             except ValueError as e:
                 raise StageError(f"{task} plan: {e}") from None
+            self._plans[task] = {s.name: s for s in stages}
             for spec, why in t.skipped_methods(self.cfg):
                 self.log(f"[plan] {task}: --methods={spec} skipped: {why}")
         return self._plans[task]
@@ -281,6 +286,8 @@ class Runner:
         steps = max(1, n_train // train_cfg.batch_size)
         self.log(f"[stage] {label}: training {stage.epochs} epochs × {steps} steps "
                  f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})")
+        cache = self._teacher_cache(stage, data_dir, train_cfg)
+        keras.utils.set_random_seed(cfg.seed)  # again: filling the cache may have built a teacher
         with self.strategy.scope():
             student = self.build(stage)
             self._initial(stage, student)
@@ -294,7 +301,8 @@ class Runner:
                                                    weight_decay=cfg.weight_decay or None),
                               steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
-            lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx))
+            lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
+                                              teacher_outputs=cache))
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
@@ -335,6 +343,8 @@ class Runner:
         }
         if resumed:
             record["resumed_at_epoch"] = resumed[0][0] + 1
+        if cache is not None or stage.name.endswith(teacher_cache.SUFFIX):  # trained on, or from, cached targets
+            record["teacher_cache"] = cfg.teacher_cache
         if self.data_problems.get(data_dir):
             record["skipped_problems"] = len(self.data_problems[data_dir])
         if stage.task == "verify":
@@ -346,6 +356,20 @@ class Runner:
         self.log(f"[stage] {label}: {stage.epochs} epochs in {seconds:.0f}s, loss "
                  f"{loss[0]:.3f} → {loss[-1]:.3f}; {_fmt(record['metrics'])}")
         return record
+
+    def _teacher_cache(self, stage: Stage, data_dir: str, train_cfg: pipeline.InputConfig):
+        """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""
+        if not teacher_cache.uses_cache(stage, self.cfg.teacher_cache):
+            if self.cfg.teacher_cache != "off" and stage.targets:
+                self.log(f"[teacher cache] {stage.task}/{stage.name}: targets {[n for n, _ in stage.targets]} need "
+                         f"teacher outputs the cache does not hold ({', '.join(teacher_cache.KEYS)} only): online teacher")
+            return None
+        teacher = self.stage(*stage.teacher)
+        own = self.path(teacher, ".weights.h5", self.root)
+        weights = own if os.path.exists(own) else self.path(teacher, ".weights.h5")
+        return teacher_cache.get(self.cfg.teacher_cache, weights, data_dir, train_cfg,
+                                 lambda: self.load(*stage.teacher), self._teacher_caches,
+                                 write=self.worker == 0, log=self.log)
 
     def _prepare_backup(self, stage: Stage, signature: dict) -> str:
         """The stage's backup directory, emptied unless it holds a backup of this very stage's training.

@@ -48,6 +48,21 @@ def test_rerun_reuses_finished_stages(model_dir):
     assert "reusing" in out and "training" not in out
 
 
+def test_teacher_cache_trains_the_cached_twin_of_ours(model_dir):
+    # Reuses the teacher and label-only student above; only the student on cached targets is new.
+    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                       "--noexport", "--cls_inits=label", "--teacher_cache=disk"))
+    assert "classify/student_d8_label: reusing" in out and out.count(": training ") == 1
+    assert "classify/student_d8_label_soft_tc: training" in out
+    assert "[teacher cache] computed" in out and "[teacher cache] wrote" in out
+    models, _ = _results(model_dir, "classify")
+    assert models["student_d8_label_soft_tc"]["teacher_cache"] == "disk"
+    assert "teacher_cache" not in models["student_d8_label_soft"]  # the online one is still there, apart
+    assert len(list(model_dir.glob("data/synthetic-*/teacher_cache/*.npz"))) == 1
+    md = (model_dir / "classify" / "results.md").read_text()
+    assert "## Teacher cache" in md and "| student_d8_label_soft |" in md
+
+
 def test_align_transfers_and_ships(model_dir):
     # Reuses the classification stages above (same model_dir, same shapes).
     out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0"))

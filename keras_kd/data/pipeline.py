@@ -76,6 +76,8 @@ def _crop_flip(ex, cfg: InputConfig, training: bool):
     image.set_shape([size, size, 3])
     points = tf.reshape(points / size, [NUM_LANDMARKS, 2])
     targets = {"label": ex["label"], "landmarks": points, "has_landmarks": ex["has_landmarks"]}
+    if "teacher" in ex:
+        targets["teacher"] = ex["teacher"]  # cached teacher outputs (distill/teacher_cache.py)
     if not training:
         targets["source"] = ex["source"]  # evaluation matches pairs.txt by file name
     return image, targets
@@ -105,8 +107,12 @@ def _interleave(files, training: bool, cfg: InputConfig):
 
 def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 repeat: Optional[bool] = None) -> tf.data.Dataset:
-    """The one input function: serves `fit`, evaluation and `distribute_datasets_from_function`."""
+                 repeat: Optional[bool] = None, teacher_outputs=None) -> tf.data.Dataset:
+    """The one input function: serves `fit`, evaluation and `distribute_datasets_from_function`.
+
+    `teacher_outputs` (a `distill.teacher_cache.TeacherCache`: source → {name: tensor}) adds the teacher's
+    precomputed outputs of each record to its targets, as targets["teacher"].
+    """
     batch = cfg.batch_size if input_context is None else input_context.get_per_replica_batch_size(cfg.batch_size)
     ds = _records(data_dir, split, cfg, training, input_context)
     ds = ds.map(parse_example, num_parallel_calls=AUTOTUNE)
@@ -121,6 +127,8 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
     if training and cfg.pk:
         ds = _pk_groups(ds, *cfg.pk)
+    if teacher_outputs is not None:
+        ds = ds.map(lambda ex: {**ex, "teacher": teacher_outputs(ex["source"])}, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda ex: _crop_flip(ex, cfg, training), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=training)
     options = tf.data.Options()

@@ -91,7 +91,10 @@ class Distiller(keras.Model):
         if self.task_loss is not None:
             terms["task"] = self.task_loss(y, s)
         if self.targets:
-            t = self._teacher_features(images, training=False)
+            if isinstance(y, dict) and "teacher" in y:
+                t = y["teacher"]  # precomputed teacher outputs (--teacher_cache): no teacher pass
+            else:
+                t = self._teacher_features(images, training=False)
             t = {k: tf.stop_gradient(v) for k, v in t.items()}
             labels = y.get("label") if isinstance(y, dict) else None
             for target, w in self.targets:
