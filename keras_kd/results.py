@@ -412,8 +412,9 @@ def _teacher_cache_table(models: list[dict], task: str) -> list[str]:
         rows.append([online["name"]] + [f"{_cell(online, k)} / {_cell(cached, k)}" for k in keys] + [ratio])
     return ["## Teacher cache: online teacher / cached teacher outputs (--teacher_cache)", "",
             "Cached outputs are the teacher's on the un-augmented centre crop; the student still trains on "
-            "augmented crops. Same teacher, same initialization, same seed. Train time is `fit` alone: the one-off "
-            "teacher pass that fills the cache is logged, not counted.", ""] + _table(
+            "augmented crops. Same teacher and seed; each pair starts from the same network, except that a *_tc "
+            "student starting from a distilled one starts from its cached twin. Train time is `fit` alone: the "
+            "one-off teacher pass that fills the cache is logged, not counted.", ""] + _table(
         ["student"] + [f"{_metric_header(k)} online / cached" for k in keys] + ["train time cached ÷ online"],
         rows) + [""]
 
