@@ -1,6 +1,8 @@
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,51 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} not present (real face data lives beside the repo, never in it)")
     return SHARED_DATA
+
+
+# The start of every 2-replica script: logical CPUs must be configured before TensorFlow initializes, hence
+# a subprocess; then a fixed batch and fixed student (/8) and teacher (/4) weights.
+TWO_CPU_PREAMBLE = textwrap.dedent("""
+    import json
+    import numpy as np
+    from keras_kd.keras import keras, tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    from keras_kd.distill import losses
+    from keras_kd.distill.distiller import Distiller
+    from keras_kd.models import resnet
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 4, 8).astype("int32")
+    keras.utils.set_random_seed(0)
+    s0 = resnet.build_model(8, 32, 4, name="student").get_weights()
+    t0 = resnet.build_model(4, 32, 4, name="teacher").get_weights()
+""")
+
+
+def run_two_cpu_script(body: str) -> dict:
+    """Runs TWO_CPU_PREAMBLE + body (which prints one 'RESULT {json}' line) in a subprocess; returns the json."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", TWO_CPU_PREAMBLE + body], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture
+def parse():
+    """Parses a main.py command line into its Config (flags reset before and after)."""
+    import flags.main_flags as main_flags  # defines main.py's flags: only in tests that parse them
+    from absl import flags
+
+    def _parse(*argv):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["main.py", *argv])
+        return main_flags.to_config()
+    yield _parse
+    flags.FLAGS.unparse_flags()

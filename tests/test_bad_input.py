@@ -1,5 +1,4 @@
 """Bad data met during training: one line naming the file, exit code 2, no weights written."""
-import json
 import os
 import shutil
 

@@ -1,13 +1,10 @@
 """The Distiller: frozen teacher, student-only updates, adapters, loss reduction, replicas."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
+from conftest import run_two_cpu_script
 from keras_kd.distill import losses
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
@@ -15,7 +12,6 @@ from keras_kd.models import resnet
 
 SIZE = 32
 CLASSES = 4
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ce(y, s):
@@ -214,23 +210,6 @@ def test_reported_loss_equals_the_hand_combined_value():
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
-    import json
-    import numpy as np
-    from keras_kd.keras import keras, tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-    from keras_kd.distill import losses
-    from keras_kd.distill.distiller import Distiller
-    from keras_kd.models import resnet
-
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 4, 8).astype("int32")
-    keras.utils.set_random_seed(0)
-    s0 = resnet.build_model(8, 32, 4, name="student").get_weights()
-    t0 = resnet.build_model(4, 32, 4, name="teacher").get_weights()
     a0 = [rng.normal(0, 0.05, (256, 512)).astype("float32"), np.zeros(512, "float32")]
 
     def run(strategy, eager):
@@ -269,13 +248,7 @@ def test_mirrored_two_replicas_match_one_device():
     student's BN layers are frozen (inference mode): with training-mode BN each replica normalizes with
     its own 4-image statistics (non-synchronized BN), so neither the loss nor the update would match.
     """
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = run_two_cpu_script(MIRRORED_SCRIPT)
     assert r["replicas"] == [1, 2]
     assert r["same_start"] and r["size"][0] == r["size"][1]
     assert r["change"] > 1e-3  # the step moved the weights: the comparison below is not vacuous

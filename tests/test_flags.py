@@ -2,20 +2,7 @@
 import pytest
 from absl import flags
 
-import flags.main_flags as main_flags
 from flags.presets import PRESETS
-
-FLAGS = flags.FLAGS
-
-
-@pytest.fixture
-def parse():
-    def _parse(*argv):
-        FLAGS.unparse_flags()
-        FLAGS(["main.py", *argv])
-        return main_flags.to_config()
-    yield _parse
-    FLAGS.unparse_flags()
 
 
 def test_preset_fills_unset_flags(parse):

@@ -1,18 +1,14 @@
 """The added distillation methods: formulas against hand values and independent numpy references, the
 registry and its flags, the Distiller composing them (student-only gradients, zero at equality, feature
 layers), the plans and the methods table."""
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 from absl import flags
 
-import flags.main_flags as main_flags
+from conftest import run_two_cpu_script
 from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import losses, methods
@@ -24,7 +20,6 @@ from keras_kd.tasks import TASKS
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 SIZE, CLASSES = 32, 4
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _np(x):
@@ -496,17 +491,6 @@ def test_a_stage_planned_twice_differently_is_a_clear_error(tmp_path):
 
 
 # ---- flags -------------------------------------------------------------------------------------------
-FLAGS = flags.FLAGS
-
-
-@pytest.fixture
-def parse():
-    def _parse(*argv):
-        FLAGS.unparse_flags()
-        FLAGS(["main.py", *argv])
-        return main_flags.to_config()
-    yield _parse
-    FLAGS.unparse_flags()
 
 
 def test_flags_reach_the_config(parse):
@@ -588,23 +572,6 @@ def test_methods_md_joins_the_tasks(tmp_path):
 
 # ---- 2 replicas: relational terms are per replica ------------------------------------------------------
 RELATIONAL_SCRIPT = textwrap.dedent("""
-    import json
-    import numpy as np
-    from keras_kd.keras import keras, tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-    from keras_kd.distill import losses
-    from keras_kd.distill.distiller import Distiller
-    from keras_kd.models import resnet
-
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 4, 8).astype("int32")
-    keras.utils.set_random_seed(0)
-    s0 = resnet.build_model(8, 32, 4, name="student").get_weights()
-    t0 = resnet.build_model(4, 32, 4, name="teacher").get_weights()
     LR = 0.5
 
     def nets():
@@ -652,13 +619,7 @@ RELATIONAL_SCRIPT = textwrap.dedent("""
 def test_relational_terms_are_averaged_over_replicas_under_mirrored_strategy():
     """2 replicas × 4 images: RKD and DIST's intra-class term are computed per replica and averaged (as
     every data-parallel implementation does), not over the global batch of 8; loss and update match that."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", RELATIONAL_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = run_two_cpu_script(RELATIONAL_SCRIPT)
     assert abs(r["global_batch"] - r["by_hand"]) > 1e-3  # per-replica ≠ global-batch relations: not vacuous
     np.testing.assert_allclose(r["loss"], r["by_hand"], rtol=1e-5)
     assert r["change"] > 1e-3 and r["diff"] < 1e-4, r

@@ -1,7 +1,6 @@
 """The local multi-worker launcher: ports, TF_CONFIG, failure handling (no TensorFlow needed)."""
 import io
 import json
-import sys
 
 import pytest
 

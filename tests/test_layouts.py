@@ -1,5 +1,4 @@
 """Readers of on-disk layouts, on tiny fixtures and (when present) on the real shared data; the convert CLI."""
-import os
 import re
 import subprocess
 import sys

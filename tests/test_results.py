@@ -1,5 +1,4 @@
 """results.json contract, results.md tables in the paper's shape, and plot files."""
-import json
 import os
 
 import numpy as np
