@@ -456,7 +456,7 @@ class Runner:
         for rec in records:
             if rec.get("evaluate", True):
                 res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate", "data")})
-        if distribute.is_chief(self.strategy):
+        if self.worker == 0:
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
             results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks

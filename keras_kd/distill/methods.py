@@ -78,36 +78,35 @@ class Soft(KDLoss):
         return losses.soft_kd(s["logits"], t["logits"], self.temperature, self.tau2)
 
 
+class _FeatureL2(KDLoss):
+    """‖S − T‖² on the one feature named by `keys` (the paper's logit and hidden targets, FitNet's hint)."""
+
+    def __call__(self, s, t, labels=None):
+        key = self.keys[0]
+        return losses.mean_sq(s[key], t[key])
+
+
 @dataclasses.dataclass(frozen=True)
-class Logits(KDLoss):
+class Logits(_FeatureL2):
     name: ClassVar[str] = "logits"
     keys: ClassVar[Tuple[str, ...]] = ("logits",)
 
-    def __call__(self, s, t, labels=None):
-        return losses.mean_sq(s["logits"], t["logits"])
-
 
 @dataclasses.dataclass(frozen=True)
-class Hidden(KDLoss):
+class Hidden(_FeatureL2):
     name: ClassVar[str] = "hidden"
     keys: ClassVar[Tuple[str, ...]] = ("hidden",)
     adapter: ClassVar[Optional[str]] = "dense"
 
-    def __call__(self, s, t, labels=None):
-        return losses.mean_sq(s["hidden"], t["hidden"])
-
 
 @dataclasses.dataclass(frozen=True)
-class Hint(KDLoss):
+class Hint(_FeatureL2):
     """FitNet's hint: the classify plan's `fitnet_hint` stage trains on it alone (`--methods=fitnet`
     adds it to the task loss in one stage instead, as mdistiller's FitNet does)."""
 
     name: ClassVar[str] = "hint"
     keys: ClassVar[Tuple[str, ...]] = ("hint",)
     adapter: ClassVar[Optional[str]] = "conv1x1"
-
-    def __call__(self, s, t, labels=None):
-        return losses.mean_sq(s["hint"], t["hint"])
 
 
 @dataclasses.dataclass(frozen=True)
