@@ -19,6 +19,16 @@ flags.DEFINE_float("test_fraction", 0.2, "Fraction of images (or identities) in 
 flags.DEFINE_bool("all_test", False, "Write everything to the test split (an evaluation-only set such as LFW).")
 flags.DEFINE_integer("seed", 0, "Seed of the split (and of the synthetic faces).", lower_bound=0)
 flags.DEFINE_integer("records_per_shard", 2000, "Records per TFRecord file.", lower_bound=1)
+flags.DEFINE_integer("max_images", 0, "Convert a deterministic random subset of this many images (0: all), "
+                     "chosen by --seed: for small tests and runs that must be short.", lower_bound=0)
+flags.DEFINE_integer("skip_images", 0, "With --max_images: leave out the first N of the subset's ranking, so "
+                     "--skip_images=N gives images disjoint from --max_images=N (a new test set).", lower_bound=0)
+flags.DEFINE_bool("face_crop", False, "Store a square crop around each image's 5 landmarks (their box grown by "
+                  "--face_crop_margin on each side) instead of the whole photo; landmarks move with it. For "
+                  "whole photos with small faces (MTFL).")
+flags.DEFINE_float("face_crop_margin", 0.5, "--face_crop: margin on each side, as a fraction of the landmarks' "
+                   "box (0.5: a crop twice the box).", lower_bound=0.0)
+flags.DEFINE_integer("face_crop_size", 64, "--face_crop: side of the stored crop in pixels.", lower_bound=16)
 flags.DEFINE_integer("num_identities", 40, "synthetic: identities.", lower_bound=1)
 flags.DEFINE_integer("images_per_identity", 50, "synthetic: images per identity.", lower_bound=1)
 flags.DEFINE_integer("image_size", 72, "synthetic: image side in pixels.", lower_bound=16)

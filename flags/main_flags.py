@@ -12,7 +12,14 @@ TASK_NAMES = ("classify", "align", "verify")
 D = Config()  # defaults when neither a preset nor the command line sets a flag
 
 flags.DEFINE_enum("task", "classify", TASK_NAMES, "Experiment to run.")
-flags.DEFINE_enum("mode", "train", ["train"], "train: train (or reuse) every stage, then write results.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (or reuse) every stage, then write "
+                  "results. evaluate: measure the trained models of --model_dir on --eval_data, no training.")
+flags.DEFINE_string("eval_data", "", "--mode=evaluate: a directory of converted TFRecords; its test split is "
+                    "used (convert with --all_test to use all of it).")
+flags.DEFINE_list("seeds", [], "Run once per seed, seed N into <model_dir>/seed<N>, then write mean ± std over "
+                  "the seeds to <model_dir>/<task>/seeds.md (with --mode=evaluate: eval_<name>.md).")
+flags.DEFINE_bool("share_teacher", True, "With --seeds: later seeds reuse the teachers trained with the first "
+                  "seed (the seeds vary the students); --noshare_teacher trains a teacher per seed.")
 flags.DEFINE_string("data", "synthetic", "'synthetic' (generated, no download) or a directory of "
                     "converted TFRecords (python -m keras_kd.data.convert).")
 flags.DEFINE_string("cls_data", "", "Data of the classification stages that align/verify start from "
@@ -116,6 +123,8 @@ def _split_ab(v: str):
     return float(a), float(b)
 
 
+flags.register_validator("seeds", lambda v: all(x.strip().isdigit() for x in v) and len(set(v)) == len(v),
+                         "--seeds: distinct non-negative integers, e.g. 0,1,2")
 flags.register_validator("students", _positive_ints, "--students: positive integers, e.g. 2,4,8")
 flags.register_validator("ab_grid", _ab_pairs, "--ab_grid: α:β pairs of numbers, e.g. 0:0,0:1,1:0")
 flags.register_validator("scratch_targets", lambda v: set(v) <= {"soft", "logits", "hidden"},
@@ -134,6 +143,12 @@ def _kd_specs(values) -> bool:
         except ValueError as e:
             raise flags.ValidationError(str(e)) from None
     return True
+
+
+@flags.multi_flags_validator(["mode", "eval_data"], message="--mode=evaluate needs --eval_data (a converted "
+                             "data directory), and --eval_data is used only by it")
+def _eval_data_for_evaluate(v: dict) -> bool:
+    return (v["mode"] == "evaluate") == bool(v["eval_data"])
 
 
 flags.register_validator("kd", lambda v: _kd_specs([v]), "--kd: name[:weight] terms")
@@ -156,7 +171,7 @@ def to_config(fv: flags.FlagValues = flags.FLAGS) -> Config:
         value = fv[field].value
         if value is None:
             continue
-        if field == "students":
+        if field in ("students", "seeds"):
             value = tuple(int(v) for v in value)
         elif field == "ab_grid":
             value = tuple(_split_ab(v) for v in value)

@@ -15,7 +15,9 @@ class Config:
     mode: str = "train"
     data: str = "synthetic"
     cls_data: str = ""                     # data of the classification stages; "" = same as data
-    eval_data: str = ""
+    eval_data: str = ""                    # --mode=evaluate: the converted data to measure trained models on
+    seeds: Tuple[int, ...] = ()            # several seeds, each in <model_dir>/seed<N> (keras_kd/seeds.py)
+    share_teacher: bool = True             # with seeds: later seeds reuse the first seed's teachers
     model_dir: str = "runs"
     preset: str = "quick"
     seed: int = 0

@@ -191,7 +191,14 @@ def _find(models: list[dict], **want: Any) -> dict | None:
 
 
 def _cell(model: dict | None, metric: str) -> str:
-    return format_metric(metric, model["metrics"].get(metric)) if model else DASH
+    """The metric; "mean ± std" for a record aggregated over seeds (it carries ``metrics_std``)."""
+    if not model:
+        return DASH
+    text = format_metric(metric, model["metrics"].get(metric))
+    std = (model.get("metrics_std") or {}).get(metric)
+    if std is not None and text != DASH:
+        text += f" ± {format_metric(metric, std)}"
+    return text
 
 
 def _teacher(models: list[dict], softmax: bool | None = None) -> dict | None:

@@ -167,8 +167,7 @@ class Runner:
     def _synthetic(self) -> str:
         from keras_kd.data import synthetic
         c = self.cfg
-        path = os.path.join(self.root, "data",
-                            f"synthetic-{c.synthetic_identities}x{c.synthetic_images}-{c.synthetic_size}px")
+        path = synthetic_dir(c, self.root)
         if not os.path.exists(os.path.join(path, "meta.json")):
             self.log(f"[data] generating synthetic faces into {path}")
             synthetic.write_synthetic(path, c.synthetic_identities, c.synthetic_images, c.synthetic_size,
@@ -480,6 +479,12 @@ def _naming_bad_records(data_dir: str, num_classes: Optional[int] = None):
         if culprit is None:
             raise
         raise DataError(culprit) from None
+
+
+def synthetic_dir(cfg: Config, root: str) -> str:
+    """Where a run under `root` keeps the synthetic faces of its settings."""
+    return os.path.join(root, "data", f"synthetic-{cfg.synthetic_identities}x{cfg.synthetic_images}-"
+                                      f"{cfg.synthetic_size}px")
 
 
 def _fmt(metrics: dict) -> str:

@@ -203,3 +203,83 @@ def test_cli_landmark_outside_the_image_names_the_line_and_keeps_the_old_output(
     assert r.stderr.strip().splitlines()[-1] == (f"error: {listing}:2: b.jpg: landmark 5 at (48, 30) lies outside "
                                                  "the 40×40 image (1 of 5 points outside)")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing lost or half-written
+
+
+def _dotted_item(tmp_path: Path, points: np.ndarray, size=(90, 120)) -> layouts.Item:
+    """An image with a bright 3×3 dot at each landmark, on a dark background."""
+    pixels = np.zeros((*size, 3), np.uint8)
+    for x, y in points.round().astype(int):
+        pixels[y - 1:y + 2, x - 1:x + 2] = 255
+    path = tmp_path / "dots.png"
+    Image.fromarray(pixels).save(path)
+    return layouts.Item(source="dots.png", label="a", load=lambda: path.read_bytes(), landmarks=points)
+
+
+def test_face_crop_moves_pixels_and_landmarks_together(tmp_path):
+    points = np.array([[40, 30], [70, 32], [55, 45], [44, 60], [66, 61]], np.float32)
+    x0, y0, side = layouts.face_crop_box(points, margin=0.5)
+    assert side == pytest.approx(62.0) and (x0, y0) == pytest.approx((24.0, 14.5))  # box 30×31, centre (55, 45.5)
+    (crop,) = layouts.face_crops([_dotted_item(tmp_path, points)], margin=0.5, size=64)
+    pixels = tf.io.decode_png(crop.load()).numpy()
+    assert pixels.shape == (64, 64, 3)
+    for x, y in crop.landmarks:
+        assert 0 <= x < 64 and 0 <= y < 64
+        assert pixels[int(round(y)), int(round(x))].mean() > 60, (x, y)  # the dot moved with its landmark
+    assert pixels[2:6, 2:6].max() < 30  # a corner far from every landmark stays dark
+
+
+def test_face_crop_past_the_border_repeats_the_edge(tmp_path):
+    points = np.array([[4, 4], [20, 4], [12, 12], [6, 20], [18, 20]], np.float32)  # face in the top-left corner
+    (crop,) = layouts.face_crops([_dotted_item(tmp_path, points, (40, 40))], margin=0.5, size=32)
+    x0, y0, _ = layouts.face_crop_box(points, 0.5)
+    assert x0 < 0 and y0 < 0
+    assert tf.io.decode_png(crop.load()).numpy().shape == (32, 32, 3)
+    assert (crop.landmarks > 0).all() and (crop.landmarks < 32).all()
+
+
+def test_face_crop_needs_landmarks(tmp_path):
+    item = layouts.Item(source="x.png", label="a", load=lambda: b"", origin="list.txt:3")
+    with pytest.raises(DataError, match="list.txt:3: no landmarks"):
+        layouts.face_crops([item])
+
+
+def test_subset_is_deterministic_and_skip_gives_the_rest():
+    items = [layouts.Item(source=f"{i}.jpg", label="a", load=bytes) for i in range(50)]
+    a = layouts.subset(items, 20, seed=1)
+    assert [it.source for it in a] == [it.source for it in layouts.subset(items, 20, seed=1)]
+    assert [it.source for it in a] != [it.source for it in layouts.subset(items, 20, seed=2)]
+    rest = layouts.subset(items, 100, seed=1, skip=20)
+    assert len(rest) == 30 and not {it.source for it in a} & {it.source for it in rest}
+
+
+@pytest.mark.skipif(not (SHARED / "mtfl_80x80").is_dir(), reason="shared MTFL data not present")
+def test_real_mtfl_face_crops_hold_their_landmarks(tmp_path):
+    items, _ = layouts.mtfl(str(SHARED / "mtfl_80x80" / "new_training.txt"))
+    subset = layouts.subset(items, 40)
+    crops = layouts.face_crops(subset, margin=0.5, size=64)
+    for before, it in zip(subset, crops):
+        # Margin 0.5: the landmarks' box fills the middle half of the crop, so every point is in [16, 48].
+        assert (it.landmarks >= 16 - 1e-3).all() and (it.landmarks <= 48 + 1e-3).all()
+        assert it.landmarks[0, 0] < it.landmarks[1, 0]  # the left eye stays left
+        assert np.allclose(np.diff(before.landmarks, axis=0) * (64 / layouts.face_crop_box(before.landmarks)[2]),
+                           np.diff(it.landmarks, axis=0), atol=1e-3)  # shape kept, only scaled
+    records = _convert_and_read_back(crops, [], tmp_path)
+    assert {int(r["height"].numpy()) for r in records.values()} == {64}
+
+
+def test_cli_face_crop_subset_names_what_it_is(tmp_path):
+    faces = tmp_path / "faces"
+    for i in range(6):
+        _image(faces / f"{i}.jpg", (40, 40))
+    (faces / "training.txt").write_text("".join(f"{i}.jpg 10 30 20 12 28 15 15 25 30 30\n" for i in range(6)))
+    out = tmp_path / "out"
+    r = _cli("--layout=mtfl", f"--src={faces / 'training.txt'}", f"--out={out}", "--face_crop", "--max_images=4",
+             "--face_crop_size=32")
+    assert r.returncode == 0, r.stderr
+    meta = read_meta(str(out))
+    assert meta["name"] == "mtfl-training.txt-4of6-seed0-crop0.5x32" and meta["image_size"] == [32, 32]
+    assert sum(meta["splits"].values()) == 4
+    r = _cli("--layout=mtfl", f"--src={faces / 'training.txt'}", f"--out={tmp_path / 'rest'}", "--skip_images=4",
+             "--all_test")
+    assert r.returncode == 0, r.stderr
+    assert read_meta(str(tmp_path / "rest"))["splits"] == {"train": 0, "test": 2}

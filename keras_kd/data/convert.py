@@ -4,6 +4,7 @@
     python -m keras_kd.data.convert --layout=celeba --src=/data/celeba --out=data/celeba --split_by=identity
     python -m keras_kd.data.convert --layout=lfw --src=/data/lfw --pairs=/data/pairs.txt --out=data/lfw --all_test
     python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl
+    python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl --face_crop
 
 Bad input (a missing path, a malformed list line) ends with one line naming the file and exit code 2.
 """
@@ -37,7 +38,18 @@ def main(argv: list[str]) -> None:
             items, pairs = layouts.celeba(FLAGS.src)
         else:
             items, pairs = layouts.mtfl(FLAGS.src)
+        # The name is what saved stages are checked against: a subset or a crop is other data.
         name = f"{FLAGS.layout}-{os.path.basename(os.path.normpath(FLAGS.src))}"
+        if FLAGS.skip_images or (FLAGS.max_images and FLAGS.max_images < len(items)):
+            n = FLAGS.max_images or len(items)
+            skip = f"after{FLAGS.skip_images}" if FLAGS.skip_images else ""
+            name += f"-{min(n, len(items) - FLAGS.skip_images)}{skip}of{len(items)}-seed{FLAGS.seed}"
+            total, items = len(items), layouts.subset(items, n, FLAGS.seed, FLAGS.skip_images)
+            if not items:
+                raise DataError(f"{FLAGS.src}: --skip_images={FLAGS.skip_images} leaves none of its {total} images")
+        if FLAGS.face_crop:
+            items = layouts.face_crops(items, FLAGS.face_crop_margin, FLAGS.face_crop_size)
+            name += f"-crop{FLAGS.face_crop_margin:g}x{FLAGS.face_crop_size}"
         write_dataset(FLAGS.out, items, name, pairs=pairs, **write_kwargs)
     except DataError as e:
         die(str(e))

@@ -1,0 +1,109 @@
+"""Several seeds of one experiment, and their mean ± std: is a reported gain more than noise?
+
+    python main.py --task=align --seeds=0,1,2 --model_dir=runs/real
+
+trains seed N into `runs/real/seed<N>/` (an ordinary model_dir: reused, resumed, evaluated like any), then
+writes `runs/real/<task>/seeds.json` and `seeds.md`: every model's metrics as mean ± sample std over the
+seeds it finished in, in the paper-shape tables of `results.md`.
+
+Teachers are shared (`--share_teacher`, the default): the first seed trains every teacher stage and the
+later seeds start from a copy of it, so the seeds vary what a user of a given teacher controls, the
+students' initialization and data order, and the teacher is paid for once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from keras_kd import results
+from keras_kd.config import Config
+
+TEACHER_PREFIX = "teacher"
+STAGE_FILES = (".weights.h5", ".eval.npz", ".json")  # the record last: it vouches for the rest
+
+
+def seed_dir(model_dir: str, seed: int) -> str:
+    return os.path.join(model_dir, f"seed{seed}")
+
+
+def configs(cfg: Config) -> List[Config]:
+    """One Config per run: cfg itself without --seeds, else one per seed in its own model_dir."""
+    if not cfg.seeds:
+        return [cfg]
+    return [cfg.replace(seed=s, model_dir=seed_dir(cfg.model_dir, s)) for s in cfg.seeds]
+
+
+def share_teachers(src_dir: str, dst_dir: str, log: Callable[[str], None] = print) -> List[str]:
+    """Copies every finished teacher stage of `src_dir` that `dst_dir` lacks; returns them as task/name."""
+    copied = []
+    for task in sorted(os.listdir(src_dir)) if os.path.isdir(src_dir) else []:
+        stages = os.path.join(src_dir, task, "stages")
+        if not os.path.isdir(stages):
+            continue
+        for name in sorted(f[:-5] for f in os.listdir(stages) if f.endswith(".json")
+                           and f.startswith(TEACHER_PREFIX) and ".partial" not in f):
+            dst = os.path.join(dst_dir, task, "stages")
+            if os.path.exists(os.path.join(dst, name + ".json")):
+                continue
+            os.makedirs(dst, exist_ok=True)
+            for suffix in STAGE_FILES:
+                src = os.path.join(stages, name + suffix)
+                if os.path.exists(src):
+                    tmp = os.path.join(dst, f".partial-{name}{suffix}")
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, os.path.join(dst, name + suffix))
+            copied.append(f"{task}/{name}")
+    if copied:
+        log(f"[seeds] {dst_dir}: sharing the teacher stages of {src_dir}: {', '.join(copied)}")
+    return copied
+
+
+def aggregate(per_seed: Dict[int, dict]) -> dict:
+    """Results of several seeds → one results dict: each model's metrics are the mean over the seeds it
+    appears in, with ``metrics_std`` (sample std, ddof=1; 0 for one seed), ``seeds`` and ``n_seeds``."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    names = list(dict.fromkeys(m["name"] for s in seeds for m in per_seed[s]["models"]))
+    models = []
+    for name in names:
+        recs = {s: m for s in seeds for m in per_seed[s]["models"] if m["name"] == name}
+        base = dict(next(iter(recs.values())))
+        keys = list(dict.fromkeys(k for m in recs.values() for k in m["metrics"]))
+        values = {k: [m["metrics"][k] for m in recs.values() if k in m["metrics"]] for k in keys}
+        base["metrics"] = {k: float(np.mean(v)) for k, v in values.items()}
+        base["metrics_std"] = {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+        base["seeds"] = sorted(recs)
+        base["n_seeds"] = len(recs)
+        base["trained_with_seeds"] = sorted({m.get("seed", s) for s, m in recs.items()})  # one: a shared teacher
+        base.pop("seed", None)
+        for k in ("train_seconds",):
+            if all(isinstance(m.get(k), (int, float)) for m in recs.values()):
+                base[k] = round(float(np.mean([m[k] for m in recs.values()])), 1)
+        models.append(base)
+    return {"task": first["task"], "data": first["data"], "preset": first.get("preset", ""), "seed": seeds[0],
+            "seeds": seeds, "models": models}
+
+
+def write(model_dir: str, task: str, per_seed: Dict[int, dict], stem: str = "seeds",
+          title: str = "") -> str:
+    """Writes `<model_dir>/<task>/<stem>.json|md` (mean ± std over seeds); returns the markdown."""
+    agg = aggregate(per_seed)
+    out = os.path.join(model_dir, task)
+    res = results.Results(os.path.join(out, f"{stem}.json"), agg)
+    res.save()
+    md_path = os.path.join(out, f"{stem}.md")
+    text = results.write_markdown(res.data, md_path)
+    n = len(per_seed)
+    teacher_note = ("teachers shared: trained once with the first seed" if any(
+        m.get("role") == "teacher" and m["n_seeds"] > 1 and len(m["trained_with_seeds"]) == 1
+        for m in agg["models"]) else "")
+    head = (f"# {title or task}: mean ± std over {n} seed(s) {', '.join(map(str, sorted(per_seed)))}"
+            + (f" ({teacher_note})" if teacher_note else "") + "\n\n"
+            f"Each cell is the mean ± sample std (ddof 1) over the seeds; per seed: "
+            + ", ".join(f"{os.path.join(model_dir, f'seed{s}', task)}/" for s in sorted(per_seed)) + "\n\n")
+    text = head + text
+    results._atomic_write(md_path, lambda f: f.write(text))
+    return text

@@ -1,0 +1,101 @@
+"""--seeds (mean ± std, shared teachers), --mode=evaluate's checks, and the configs/ flagfiles."""
+import json
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from keras_kd import evaluate, results, seeds
+from keras_kd.config import Config
+from keras_kd.data.example import DataError
+from keras_kd.stages import StageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(name, role="student", **metrics):
+    return {"name": name, "role": role, "width_divisor": 1 if role == "teacher" else 8, "init": "label",
+            "targets": ["soft"], "alpha": 1.0, "beta": 0.0, "params": 10, "flops": 20, "metrics": metrics,
+            "seed": 0, "image_size": 32, "num_classes": 3}
+
+
+def _results(seed, top1, teacher_seed=0):
+    return {"task": "classify", "data": "d", "preset": "smoke", "seed": seed,
+            "models": [dict(_record("teacher", "teacher", top1=0.5), seed=teacher_seed),
+                       dict(_record("student_d8_label_soft", top1=top1), seed=seed)]}
+
+
+def test_aggregate_gives_mean_and_sample_std():
+    agg = seeds.aggregate({0: _results(0, 0.40), 1: _results(1, 0.44), 2: _results(2, 0.48)})
+    student = next(m for m in agg["models"] if m["name"] == "student_d8_label_soft")
+    assert student["metrics"]["top1"] == pytest.approx(0.44)
+    assert student["metrics_std"]["top1"] == pytest.approx(0.04)  # sample std of 0.40, 0.44, 0.48
+    assert student["n_seeds"] == 3 and student["trained_with_seeds"] == [0, 1, 2]
+    teacher = next(m for m in agg["models"] if m["name"] == "teacher")
+    assert teacher["metrics_std"]["top1"] == 0 and teacher["trained_with_seeds"] == [0]
+    results.validate(agg)
+
+
+def test_seeds_markdown_shows_mean_and_std_and_says_the_teacher_is_shared(tmp_path):
+    text = seeds.write(str(tmp_path), "classify", {0: _results(0, 0.40), 1: _results(1, 0.44)})
+    assert "mean ± std over 2 seed(s) 0, 1 (teachers shared" in text
+    assert "42.00 ± 2.83" in text  # Ours row of the Table 2 shape
+    own = seeds.write(str(tmp_path), "classify", {0: _results(0, 0.40), 1: _results(1, 0.44, teacher_seed=1)})
+    assert "teachers shared" not in own
+    assert json.loads((tmp_path / "classify" / "seeds.json").read_text())["seeds"] == [0, 1]
+
+
+def test_share_teachers_copies_finished_teachers_only(tmp_path):
+    src, dst = tmp_path / "seed0", tmp_path / "seed1"
+    stages = src / "align" / "stages"
+    stages.mkdir(parents=True)
+    for name in ("teacher", "student_d8_pretrain"):
+        (stages / f"{name}.weights.h5").write_bytes(b"w")
+        (stages / f"{name}.json").write_text("{}")
+    (stages / "teacher_softmax.weights.h5").write_bytes(b"unfinished: no record")
+    assert seeds.share_teachers(str(src), str(dst), log=lambda _: None) == ["align/teacher"]
+    assert sorted(p.name for p in (dst / "align" / "stages").iterdir()) == ["teacher.json", "teacher.weights.h5"]
+    (dst / "align" / "stages" / "teacher.json").write_text('{"own": 1}')
+    assert seeds.share_teachers(str(src), str(dst), log=lambda _: None) == []  # never overwrites
+    assert json.loads((dst / "align" / "stages" / "teacher.json").read_text()) == {"own": 1}
+
+
+def test_configs_put_each_seed_in_its_own_dir():
+    cfg = Config(model_dir="runs/x", seeds=(0, 3))
+    assert [(c.seed, c.model_dir) for c in seeds.configs(cfg)] == [(0, "runs/x/seed0"), (3, "runs/x/seed3")]
+    assert seeds.configs(Config(seed=5)) == [Config(seed=5)]
+
+
+def test_evaluate_needs_trained_models(tmp_path):
+    with pytest.raises(StageError, match=r"results.json: no trained align models there"):
+        evaluate.run(Config(task="align", model_dir=str(tmp_path), eval_data=str(tmp_path)), log=lambda _: None)
+
+
+@pytest.mark.parametrize("task,meta,message", [
+    ("align", {"has_landmarks": False, "num_classes": 3}, "no landmarks"),
+    ("verify", {"has_landmarks": True, "num_classes": 1}, "verification needs identity labels"),
+    ("classify", {"has_landmarks": False, "num_classes": 3, "test": 0}, "test split is empty"),
+])
+def test_evaluate_refuses_data_the_task_cannot_use(tmp_path, task, meta, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    test = meta.pop("test", 4)
+    (data / "meta.json").write_text(json.dumps({"name": "d", "splits": {"train": 0, "test": test}, **meta}))
+    if test:
+        (data / "test-00000-of-00001.tfrecord").write_bytes(b"")
+    res = results.Results(str(tmp_path / "runs" / task / "results.json"), _results(0, 0.4) | {"task": task})
+    res.save()
+    with pytest.raises(DataError, match=f"{data}: .*{message}"):
+        evaluate.run(Config(task=task, model_dir=str(tmp_path / "runs"), eval_data=str(data)), log=lambda _: None)
+
+
+@pytest.mark.parametrize("argv", [["--mode=evaluate"], ["--eval_data=x"], ["--seeds=0,0"], ["--seeds=a"]])
+def test_bad_evaluate_and_seed_flags_are_refused(parse, argv):
+    with pytest.raises(flags.IllegalFlagValueError):
+        parse(*argv)
+
+
+@pytest.mark.parametrize("cfg", sorted(p.name for p in (REPO / "configs").glob("table*.cfg")))
+def test_every_table_config_parses(parse, cfg):
+    c = parse(f"--flagfile={REPO / 'configs' / cfg}")
+    assert c.seeds and c.model_dir == "runs/real" and c.image_size == 48 and c.data.startswith("data/real/")
