@@ -33,11 +33,11 @@ def _results(path):
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """Tiny real sets (600 CelebA crops, 300 MTFL face crops), and classify, align (2 seeds), verify on them."""
+    """Tiny real sets (1,000 CelebA crops, 300 MTFL face crops), and classify, align (2 seeds), verify on them."""
     root = tmp_path_factory.mktemp("real")
     celeba, mtfl = root / "celeba", root / "mtfl"
     _convert("--layout=celeba", f"--src={SHARED_DATA / 'celeba_id_subset_144'}", f"--out={celeba}",
-             "--max_images=600")
+             "--max_images=1000")
     _convert("--layout=mtfl", f"--src={SHARED_DATA / 'mtfl_80x80' / 'new_training.txt'}", f"--out={mtfl}",
              "--max_images=300", "--face_crop")
     runs = root / "runs"

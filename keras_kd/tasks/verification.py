@@ -7,22 +7,23 @@ from keras_kd import metrics
 from keras_kd.data.example import read_pairs
 
 MAX_GENERATED_PAIRS = 3000
+MIN_PAIRS = 20
 
 
 def pair_metrics(emb: np.ndarray, targets: dict, data_dir: str, seed: int):
     """10-fold pair accuracy, TAR@FAR=1e-3 and the ROC on the data's pairs.txt, else generated pairs.
 
-    pairs.txt (LFW's protocol) is used when the data has one; otherwise balanced same/different pairs are
-    drawn from the test split with the run's seed. Returns (metrics, {"roc": (fpr, tpr)}).
+    pairs.txt (LFW's protocol) is used when at least MIN_PAIRS of its pairs are in the test split;
+    otherwise balanced same/different pairs are drawn from the test split with the run's seed. Returns (metrics, {"roc": (fpr, tpr)}).
     """
     sources = [s.decode() if isinstance(s, bytes) else str(s) for s in targets["source"]]
     index = {s: i for i, s in enumerate(sources)}
     pairs = [(index[a], index[b], same) for a, b, same in read_pairs(data_dir) if a in index and b in index]
     origin = "pairs.txt"
-    if not pairs:
+    if len(pairs) < MIN_PAIRS:  # none, or too few for 10 folds (a pairs.txt of other images, a small test split)
         pairs = metrics.balanced_pairs(targets["label"], MAX_GENERATED_PAIRS, seed)
         origin = "generated"
-    if len(pairs) < 20:
+    if len(pairs) < MIN_PAIRS:
         return {}, {}
     a, b, same = (np.asarray(x) for x in zip(*pairs))
     dist = metrics.pair_distances(emb[a], emb[b])
