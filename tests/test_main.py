@@ -65,7 +65,8 @@ def test_teacher_cache_trains_the_cached_twin_of_ours(model_dir):
 
 def test_align_transfers_and_ships(model_dir):
     # Reuses the classification stages above (same model_dir, same shapes).
-    out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0"))
+    out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                       "--ab_grid=0:1,1:0"))
     assert "classify/teacher: reusing" in out
     models, _ = _results(model_dir, "align")
     md = (model_dir / "align" / "results.md").read_text()

@@ -7,12 +7,13 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, run_main
+from conftest import REPO, SHARED_DATA, run_main
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not present")]
 
-SMOKE = ["--preset=smoke", "--cls_inits=label", "--ab_grid=0:0", "--verify_softmax=on", "--noexport", "--verbose=0"]
+SMOKE = ["--preset=smoke", "--cls_inits=label", "--transfer_inits=distill", "--ab_grid=0:0", "--verify_softmax=on",
+         "--noexport", "--verbose=0"]
 
 
 def _convert(*args):
