@@ -48,6 +48,7 @@ def train_runs(cfg) -> int:
         print(f"[done] worker {runner.worker}: finished; the chief writes results and exports")
         return 0
     if cfg.seeds:
+        per_seed = {**seeds.finished(cfg.model_dir, cfg.task), **per_seed}
         print(seeds.write(cfg.model_dir, cfg.task, per_seed))
         print(f"[done] {len(per_seed)} seeds; mean ± std in {cfg.model_dir}/{cfg.task}/seeds.md")
         return 0

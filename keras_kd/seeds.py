@@ -4,7 +4,8 @@
 
 trains seed N into `runs/real/seed<N>/` (an ordinary model_dir: reused, resumed, evaluated like any), then
 writes `runs/real/<task>/seeds.json` and `seeds.md`: every model's metrics as mean ± sample std over the
-seeds it finished in, in the paper-shape tables of `results.md`.
+seeds it finished in (every `seed<N>` run of the task there, not only this command's), in the paper-shape
+tables of `results.md`.
 
 Teachers are shared (`--share_teacher`, the default): the first seed trains every teacher stage and the
 later seeds start from a copy of it, so the seeds vary what a user of a given teacher controls, the
@@ -36,6 +37,17 @@ def configs(cfg: Config) -> List[Config]:
     return [cfg.replace(seed=s, model_dir=seed_dir(cfg.model_dir, s)) for s in cfg.seeds]
 
 
+def finished(model_dir: str, task: str) -> Dict[int, dict]:
+    """The results.json of every seed<N> run of the task under model_dir, by seed: what seeds.md sums up,
+    so a later one-seed command (say, Table 4 after Table 5) adds to the table instead of replacing it."""
+    out = {}
+    for d in sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []:
+        path = os.path.join(model_dir, d, task, "results.json")
+        if d.startswith("seed") and d[4:].isdigit() and os.path.exists(path):
+            out[int(d[4:])] = results.Results.load(path).data
+    return out
+
+
 def share_teachers(src_dir: str, dst_dir: str, log: Callable[[str], None] = print) -> List[str]:
     """Copies every finished teacher stage of `src_dir` that `dst_dir` lacks; returns them as task/name."""
     copied = []
@@ -63,7 +75,7 @@ def share_teachers(src_dir: str, dst_dir: str, log: Callable[[str], None] = prin
 
 def aggregate(per_seed: Dict[int, dict]) -> dict:
     """Results of several seeds → one results dict: each model's metrics are the mean over the seeds it
-    appears in, with ``metrics_std`` (sample std, ddof=1; 0 for one seed), ``seeds`` and ``n_seeds``."""
+    appears in, with ``metrics_std`` (sample std, ddof=1; none from one seed), ``seeds`` and ``n_seeds``."""
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]]
     names = list(dict.fromkeys(m["name"] for s in seeds for m in per_seed[s]["models"]))
@@ -74,7 +86,8 @@ def aggregate(per_seed: Dict[int, dict]) -> dict:
         keys = list(dict.fromkeys(k for m in recs.values() for k in m["metrics"]))
         values = {k: [m["metrics"][k] for m in recs.values() if k in m["metrics"]] for k in keys}
         base["metrics"] = {k: float(np.mean(v)) for k, v in values.items()}
-        base["metrics_std"] = {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+        # No std from one value (a model that only some seeds have, e.g. a one-seed table added later).
+        base["metrics_std"] = {k: float(np.std(v, ddof=1)) for k, v in values.items() if len(v) > 1}
         base["seeds"] = sorted(recs)
         base["n_seeds"] = len(recs)
         base["trained_with_seeds"] = sorted({m.get("seed", s) for s, m in recs.items()})  # one: a shared teacher

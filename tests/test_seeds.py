@@ -36,6 +36,19 @@ def test_aggregate_gives_mean_and_sample_std():
     results.validate(agg)
 
 
+def test_a_model_of_one_seed_gets_no_std_and_finished_finds_every_seed(tmp_path):
+    one = _results(3, 0.5)
+    one["models"].append(_record("student_d8_extra", top1=0.3))
+    agg = seeds.aggregate({0: _results(0, 0.40), 3: one})
+    extra = next(m for m in agg["models"] if m["name"] == "student_d8_extra")
+    assert extra["n_seeds"] == 1 and extra["metrics_std"] == {}
+    assert results._cell(extra, "top1") == "30.00"
+    for s, res in ((0, _results(0, 0.4)), (3, one)):
+        results.Results(str(tmp_path / f"seed{s}" / "classify" / "results.json"), res).save()
+    (tmp_path / "seedling" / "classify").mkdir(parents=True)
+    assert sorted(seeds.finished(str(tmp_path), "classify")) == [0, 3]
+
+
 def test_seeds_markdown_shows_mean_and_std_and_says_the_teacher_is_shared(tmp_path):
     text = seeds.write(str(tmp_path), "classify", {0: _results(0, 0.40), 1: _results(1, 0.44)})
     assert "mean ± std over 2 seed(s) 0, 1 (teachers shared" in text
