@@ -24,7 +24,10 @@ PAPER = {
     "verify": {"teacher_softmax": 74.16, "student_d8_pretrain_a0b0_softmax": 51.86,
                "student_d8_pretrain_a0b1_softmax": 51.43, "student_d8_pretrain_a1b0_softmax": 53.45,
                "student_d8_distill_a0b0_softmax": 57.66, "student_d8_distill_a0b1_softmax": 56.87,
-               "student_d8_distill_a1b0_softmax": 57.78},
+               "student_d8_distill_a1b0_softmax": 57.78,
+               "teacher": 73.81, "student_d8_pretrain_a0b0": 51.03, "student_d8_pretrain_a0b1": 49.19,
+               "student_d8_pretrain_a1b0": 51.76, "student_d8_distill_a0b0": 56.69, "student_d8_distill_a0b1": 53.99,
+               "student_d8_distill_a1b0": 56.52},
 }
 ROWS = {
     "classify": [("Teacher ResNet-50", "teacher"), ("Label only (not in the paper)", "student_d8_label"),
@@ -34,8 +37,12 @@ ROWS = {
                  ("Ours (all layers initialized) + Soft", "student_d8_label_soft")],
     "align": [("Teacher", "teacher")] + [(f"{i.capitalize()} α={a},β={b}", f"student_d8_{i}_a{a}b{b}")
                                          for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))],
-    "verify": [("Teacher", "teacher_softmax")] + [(f"{i.capitalize()} α={a},β={b}", f"student_d8_{i}_a{a}b{b}_softmax")
-                                                  for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))],
+    "verify": [("T5 (triplet + softmax): Teacher", "teacher_softmax")]
+    + [(f"T5: {i.capitalize()} α={a},β={b}", f"student_d8_{i}_a{a}b{b}_softmax")
+       for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))]
+    + [("T4 (triplet only): Teacher", "teacher")]
+    + [(f"T4: {i.capitalize()} α={a},β={b}", f"student_d8_{i}_a{a}b{b}")
+       for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))],
 }
 METRICS = {"classify": [("top1", 100, "top-1 %"), ("pair_acc", 100, "pair acc %")],
            "align": [("nrmse", 1, "NRMSE %"), ("failure_rate", 1, "failure % (>10%)")],
@@ -53,7 +60,9 @@ PAIRS = {  # (better-claimed, worse-claimed, what), metric sign: +1 higher is be
     "verify": [(f"student_d8_distill_a{a}b{b}_softmax", f"student_d8_pretrain_a{a}b{b}_softmax",
                 f"Distill − Pretrain at α={a},β={b}") for a, b in ((0, 0), (0, 1), (1, 0))]
     + [(f"student_d8_{i}_a1b0_softmax", f"student_d8_{i}_a0b1_softmax", f"{i.capitalize()}: soft (α=1) − hidden (β=1)")
-       for i in ("pretrain", "distill")],
+       for i in ("pretrain", "distill")]
+    + [(f"student_d8_{i}_a{a}b{b}_softmax", f"student_d8_{i}_a{a}b{b}", f"{i.capitalize()} α={a},β={b}: + softmax − triplet only")
+       for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))],
 }
 LOWER_IS_BETTER = {"nrmse", "failure_rate"}
 
@@ -84,6 +93,8 @@ def table(model_dir: str, task: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, name in ROWS[task]:
         recs = [r[name] for r in runs.values() if name in r]
+        if name.startswith("teacher"):
+            recs = recs[:1]  # shared by the seeds (--share_teacher): one network, one value
         if not recs:
             continue
         seeds = sorted({r.get("seed", 0) for r in recs}) if name.startswith("teacher") else sorted(
@@ -102,11 +113,6 @@ def table(model_dir: str, task: str) -> str:
             per = ", ".join(f"{d:+.2f}" for d in diffs)
             ms = f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1):.2f}" if len(diffs) > 1 else f"{diffs[0]:+.2f}"
             lines.append(f"| {what} | {per} | {ms} | {sum(d > 0 for d in diffs)}/{len(diffs)} |")
-    secs = [sum(m.get("train_seconds", 0) for m in r.values() if not m["name"].startswith("teacher"))
-            for r in runs.values()]
-    teach = [m.get("train_seconds", 0) for m in runs[min(runs)].values() if m["name"].startswith("teacher")]
-    lines += ["", f"Training time (fit only): teacher(s) {sum(teach) / 60:.1f} min once; students "
-                  f"{np.mean(secs) / 60:.1f} min per seed."]
     return "\n".join(lines) + "\n"
 
 
