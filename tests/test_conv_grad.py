@@ -1,0 +1,70 @@
+"""keras-kd's Conv2D input gradient (forward convolutions) equals TensorFlow's Conv2DBackpropInput."""
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from keras_kd import conv_grad
+from keras_kd.keras import keras, tf
+from keras_kd.models import resnet
+
+
+@pytest.mark.parametrize("k,s,padding", itertools.product([1, 2, 3, 7], [1, 2, 3], ["SAME", "VALID"]))
+def test_input_gradient_equals_tensorflows(k, s, padding):
+    rng = np.random.default_rng(k * 100 + s)
+    fn = tf.function(lambda g, w, shape: conv_grad.conv2d_input_grad(g, w, shape, (s, s), padding))
+    for h, w in [(1, 2), (5, 6), (7, 12), (12, 7)]:  # odd and even sizes, the stride skipping rows or not
+        if padding == "VALID" and min(h, w) < k:
+            continue
+        x = tf.constant(rng.normal(size=(2, h, w, 3)).astype("float32"))
+        kernel = tf.constant(rng.normal(size=(k, k, 3, 5)).astype("float32"))
+        g = tf.constant(rng.normal(size=tf.nn.conv2d(x, kernel, s, padding).shape).astype("float32"))
+        expected = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=g,
+                                                  strides=[1, s, s, 1], padding=padding)
+        got = fn(g, kernel, tf.shape(x))
+        assert got.shape == x.shape
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def _resnet_gradients():
+    keras.utils.set_random_seed(0)
+    model = resnet.build_model(8, 32, 5)
+    for v in model.weights:  # non-zero residual scales: every convolution's input gradient matters
+        if v.name.endswith("gamma:0"):
+            v.assign(np.random.default_rng(1).uniform(0.5, 1.5, v.shape))
+    x = tf.constant(np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype("float32"))
+
+    @tf.function
+    def grad():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True)["logits"] ** 2)
+        return tape.gradient(loss, model.trainable_variables)
+    return [g.numpy() for g in grad()]
+
+
+def test_installed_by_keras_kd_and_a_resnet_gradient_is_unchanged():
+    from tensorflow.python.framework import ops
+    assert ops._gradient_registry.lookup("Conv2D") is conv_grad._conv2d_grad  # noqa: SLF001
+    ours = _resnet_gradients()
+    conv_grad.uninstall()
+    try:
+        theirs = _resnet_gradients()
+    finally:
+        conv_grad.install()
+    scale = max(np.abs(t).max() for t in theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_env_keeps_tensorflows_gradient():
+    env = dict(os.environ, KERAS_KD_CONV_GRAD="tf", TF_CPP_MIN_LOG_LEVEL="2")
+    code = ("import keras_kd.keras\nfrom tensorflow.python.framework import ops\n"
+            "from tensorflow.python.ops import nn_grad\n"
+            "print(ops._gradient_registry.lookup('Conv2D') is nn_grad._Conv2DGrad)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
