@@ -9,11 +9,13 @@ flipped and its channels swapped. This computes it that way, with the forward Co
 
 `install()` replaces the registered gradient of the Conv2D op (process-wide, for graphs traced afterwards);
 the filter gradient and every case it does not handle (NCHW, dilation, explicit padding, unknown kernel
-size, fewer than 16 input channels) stay TensorFlow's own. Set KERAS_KD_CONV_GRAD=tf to keep TensorFlow's gradient throughout.
+size, fewer than 16 input channels) stay TensorFlow's own. KERAS_KD_CONV_GRAD: "auto" (the default) uses it
+when no GPU is visible, "fast" always, "tf" never.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import tensorflow as tf
 from tensorflow.python.framework import ops  # the gradient registry has no public API to replace an entry
@@ -88,14 +90,17 @@ def _conv2d_grad(op, grad):
     return [dx, dw]
 
 
-def install() -> bool:
-    """Uses the forward-convolution input gradient for Conv2D from now on; returns whether it is in use."""
+def install(mode: Optional[str] = None) -> bool:
+    """Sets Conv2D's gradient for graphs traced from now on, by `mode` (default: $KERAS_KD_CONV_GRAD, else
+    "auto"); returns whether the forward-convolution input gradient is in use."""
     entry = ops._gradient_registry._registry["Conv2D"]  # noqa: SLF001
-    if os.environ.get("KERAS_KD_CONV_GRAD", "fast") == "tf":
-        entry["type"] = _TF_GRAD
-        return False
-    entry["type"] = _conv2d_grad
-    return True
+    mode = mode or os.environ.get("KERAS_KD_CONV_GRAD", "auto")
+    if mode not in ("auto", "fast", "tf"):
+        raise ValueError(f"KERAS_KD_CONV_GRAD={mode}: expected auto, fast or tf")
+    # cuDNN's input gradient is fast and this has not been measured on a GPU: "auto" keeps TensorFlow's there.
+    use = mode == "fast" or (mode == "auto" and not tf.config.list_physical_devices("GPU"))
+    entry["type"] = _conv2d_grad if use else _TF_GRAD
+    return use
 
 
 def uninstall() -> None:

@@ -16,7 +16,7 @@ import tf_keras as keras  # noqa: E402
 from keras_kd import conv_grad  # noqa: E402
 
 # Conv2D's input gradient through forward convolutions: up to 3× faster ResNet-50 train steps on CPUs
-# without AVX-512 (python -m bench.conv_grad); KERAS_KD_CONV_GRAD=tf keeps TensorFlow's own.
+# without AVX-512 (python -m bench.conv_grad), where no GPU is visible; KERAS_KD_CONV_GRAD=tf|fast|auto.
 conv_grad.install()
 
 __all__ = ["keras", "tf"]

@@ -48,16 +48,22 @@ def _resnet_gradients():
 
 def test_installed_by_keras_kd_and_a_resnet_gradient_is_unchanged():
     from tensorflow.python.framework import ops
-    assert ops._gradient_registry.lookup("Conv2D") is conv_grad._conv2d_grad  # noqa: SLF001
+    cpu_only = not tf.config.list_physical_devices("GPU")  # "auto" keeps TensorFlow's where a GPU is visible
+    assert (ops._gradient_registry.lookup("Conv2D") is conv_grad._conv2d_grad) == cpu_only  # noqa: SLF001
     ours = _resnet_gradients()
     conv_grad.uninstall()
     try:
         theirs = _resnet_gradients()
     finally:
-        conv_grad.install()
+        conv_grad.install("fast")
     scale = max(np.abs(t).max() for t in theirs)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_a_bad_mode_is_refused():
+    with pytest.raises(ValueError, match="KERAS_KD_CONV_GRAD=fastest: expected auto, fast or tf"):
+        conv_grad.install("fastest")
 
 
 def test_env_keeps_tensorflows_gradient():
