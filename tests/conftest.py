@@ -72,16 +72,3 @@ def parse():
     yield _parse
     flags.FLAGS.unparse_flags()
 
-
-# The longest files first: pytest-xdist (--dist loadfile) hands files out in collection order, so starting
-# the long ones early keeps both workers busy to the end. The order within a file is kept (test_main.py's
-# tests build on each other).
-LONGEST_FIRST = ("test_real_data.py", "test_main.py", "test_export.py", "test_fault_tolerance.py",
-                 "test_learning.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable
