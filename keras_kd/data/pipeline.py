@@ -133,6 +133,9 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
     ds = ds.batch(batch, drop_remainder=training)
     options = tf.data.Options()
     options.deterministic = not training
+    # tf.data's autotuner keeps probing for more parallelism and, on a few cores, takes them from the
+    # training step itself: a ResNet-50 step at 48 px ran 2.4x slower with it on 2 cores (docs/recipe.md).
+    options.autotune.enabled = False
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
