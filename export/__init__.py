@@ -141,6 +141,9 @@ def config_from_stages(model_dir: str, task: str, data: str = "", cls_data: str 
         raise ExportError(f"{stages_dir}: stages saved with different image sizes {sorted(map(str, sizes))} "
                           f"or class counts {sorted(map(str, classes))}; export them from separate model_dirs")
     image_size, num_classes = int(sizes.pop()), int(classes.pop())
+    heads = {r["landmark_head"] for r in recs if r.get("landmark_head")}
+    if len(heads) == 1 and "landmark_head" not in overrides:
+        overrides["landmark_head"] = heads.pop()
     if not data:
         found = []
         for meta_path in sorted(glob.glob(os.path.join(model_dir, "data", "synthetic-*", "meta.json"))):

@@ -12,8 +12,14 @@ TASK_NAMES = ("classify", "align", "verify")
 D = Config()  # defaults when neither a preset nor the command line sets a flag
 
 flags.DEFINE_enum("task", "classify", TASK_NAMES, "Experiment to run.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train: train (or reuse) every stage, then write "
-                  "results. evaluate: measure the trained models of --model_dir on --eval_data, no training.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "train: train (or reuse) every stage, "
+                  "then write results. evaluate: measure the trained models of --model_dir on --eval_data, no "
+                  "training. predict: run one student on the images of --images (export/predict.py).")
+flags.DEFINE_string("images", "", "--mode=predict: a folder of images (JPEG, PNG, BMP, GIF).")
+flags.DEFINE_string("model", "", "--mode=predict: a stage name of --model_dir/--task, or an exported "
+                    "SavedModel (its export/<name> folder or a version folder); default: the best student.")
+flags.DEFINE_string("predict_dir", "", "--mode=predict: where predictions go (default "
+                    "<model_dir>/<task>/predict).")
 flags.DEFINE_string("eval_data", "", "--mode=evaluate: a directory of converted TFRecords; its test split is "
                     "used (convert with --all_test to use all of it).")
 flags.DEFINE_list("seeds", [], "Run once per seed, seed N into <model_dir>/seed<N>, then write mean ± std over "
@@ -49,6 +55,10 @@ flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress ba
 
 flags.DEFINE_list("students", None, "Student width divisors (channels ÷ d), e.g. 2,4,8.")
 flags.DEFINE_integer("image_size", None, "Input crop size (crops of images resized by 256/224).", lower_bound=32)
+flags.DEFINE_enum("landmark_head", None, ["heatmap", "spatial", "pooled"], "Alignment head (models/heads.py): "
+                  "heatmap (soft-argmax over heat maps of the stage-2 map; K is the heat maps), spatial (fc over "
+                  "the last map reduced to 32 channels; K is that map) or pooled (the paper's fc on the pooled "
+                  "layer K).")
 flags.DEFINE_integer("embedding_dim", 0, "Project K to this size for verification (0: use K as is).",
                      lower_bound=0)
 
@@ -56,15 +66,22 @@ flags.DEFINE_integer("batch_size", None, "Global batch of classification stages.
 flags.DEFINE_integer("align_batch_size", None, "Global batch of alignment stages.", lower_bound=1)
 flags.DEFINE_integer("ids_per_batch", None, "Verification batches: P identities ...", lower_bound=2)
 flags.DEFINE_integer("images_per_id", None, "... × K images each.", lower_bound=2)
+flags.DEFINE_enum("optimizer", None, ["sgd", "adamw"], "sgd: Nesterov SGD with --momentum (the paper); "
+                  "adamw: AdamW (decoupled --weight_decay).")
+flags.DEFINE_enum("lr_schedule", None, ["step", "cosine"], "step: × --lr_decay_factor every --lr_decay_epochs "
+                  "(the paper); cosine: linear warm-up over --warmup_epochs, then cosine decay to 0.")
+flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up (cosine schedule).", lower_bound=0)
 flags.DEFINE_float("lr_scratch", None, "Learning rate of networks trained from scratch.", lower_bound=0)
 flags.DEFINE_float("lr_init", None, "Learning rate of initialized networks.", lower_bound=0)
 flags.DEFINE_integer("lr_decay_epochs", None, "Step decay every this many epochs.", lower_bound=1)
 flags.DEFINE_float("lr_decay_factor", None, "Multiplier of each step decay.", lower_bound=0)
 flags.DEFINE_float("momentum", None, "Nesterov momentum.", lower_bound=0)
-flags.DEFINE_float("weight_decay", None, "Decoupled weight decay of SGD (0: none).", lower_bound=0)
+flags.DEFINE_float("weight_decay", None, "Decoupled weight decay (0: none); never on biases and batch-norm "
+                   "γ/β.", lower_bound=0)
 for _name, _what in [("teacher", "the classification teacher"), ("student", "classification students"),
                      ("fitnet", "FitNet hint pre-training"), ("transfer", "align/verify teacher and students"),
-                     ("pretrain", "align/verify Pretrain students")]:
+                     ("pretrain", "align/verify Pretrain students"),
+                     ("teacher_transfer", "the align/verify teacher (default: --transfer_epochs)")]:
     flags.DEFINE_integer(f"{_name}_epochs", None, f"Epochs of {_what}.", lower_bound=1)
 flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.", lower_bound=1)
 
@@ -149,6 +166,12 @@ def _kd_specs(values) -> bool:
                              "data directory), and --eval_data is used only by it")
 def _eval_data_for_evaluate(v: dict) -> bool:
     return (v["mode"] == "evaluate") == bool(v["eval_data"])
+
+
+@flags.multi_flags_validator(["mode", "images"], message="--mode=predict needs --images (a folder of images), "
+                             "and --images is used only by it")
+def _images_for_predict(v: dict) -> bool:
+    return (v["mode"] == "predict") == bool(v["images"])
 
 
 flags.register_validator("kd", lambda v: _kd_specs([v]), "--kd: name[:weight] terms")

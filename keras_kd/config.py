@@ -32,8 +32,12 @@ class Config:
     students: Tuple[int, ...] = (2, 4, 8)
     image_size: int = 48
     embedding_dim: int = 0
+    landmark_head: str = "pooled"          # pooled (the paper's fc on K) | spatial (models/heads.py)
 
-    # optimisation (Nesterov SGD with step decay, as the paper)
+    # optimisation (the paper: Nesterov SGD with step decay; keras_kd/training.py)
+    optimizer: str = "sgd"                 # sgd (Nesterov, momentum) | adamw
+    lr_schedule: str = "step"              # step (×lr_decay_factor every lr_decay_epochs) | cosine
+    warmup_epochs: float = 0.0             # linear warm-up from 0 (cosine schedule)
     batch_size: int = 32                   # classification (global batch)
     align_batch_size: int = 32
     ids_per_batch: int = 8                 # verification: P identities × K images per batch
@@ -48,6 +52,7 @@ class Config:
     student_epochs: int = 6
     fitnet_epochs: int = 2
     transfer_epochs: int = 5
+    teacher_transfer_epochs: int = 0       # the align/verify teacher's; 0 = transfer_epochs
     pretrain_epochs: int = 5
     steps_per_execution: int = 1
 

@@ -98,7 +98,7 @@ def _load(rec: dict, cfg: Config, out_dir: str) -> keras.Model:
         raise StageError(f"{path}: missing; results.json lists {rec['name']} but its weights are gone")
     model = resnet.build_model(int(rec["width_divisor"]), int(rec.get("image_size", cfg.image_size)),
                                int(rec.get("num_classes", 0)), TASKS[cfg.task].heads, cfg.embedding_dim,
-                               name=rec["name"])
+                               name=rec["name"], landmark_head=rec.get("landmark_head", "pooled"))
     try:
         model.load_weights(path)
     except (OSError, ValueError) as e:

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import distribute, results
+from keras_kd import distribute, results, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
@@ -42,7 +42,8 @@ from keras_kd.tasks import TASKS, Stage
 # Shapes a saved stage must share with the current run to be reused.
 COMPAT_KEYS = ("image_size", "num_classes", "width_divisor", "data")
 # Settings that change what an interrupted stage's training is: a backup made with others is not resumed.
-_BACKUP_KEYS = ("image_size", "seed", "lr_decay_epochs", "lr_decay_factor", "momentum", "weight_decay",
+_BACKUP_KEYS = ("image_size", "seed", "optimizer", "lr_schedule", "warmup_epochs", "lr_decay_epochs",
+                "lr_decay_factor", "momentum", "weight_decay", "landmark_head",
                 "temperature", "tau2", "margin", "mining", "embedding_dim", "backup_steps",
                 "steps_per_execution")
 
@@ -215,7 +216,8 @@ class Runner:
 
     def build(self, stage: Stage) -> keras.Model:
         return resnet.build_model(stage.width_divisor, self.cfg.image_size, self.num_classes,
-                                  TASKS[stage.task].heads, self.cfg.embedding_dim, name=stage.name)
+                                  TASKS[stage.task].heads, self.cfg.embedding_dim, name=stage.name,
+                                  landmark_head=self.cfg.landmark_head)
 
     # ---- running -------------------------------------------------------------------------------
     def ensure(self, task: str, name: str) -> dict:
@@ -293,11 +295,7 @@ class Runner:
             teacher = self.load(*stage.teacher) if stage.teacher else None
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
                                   stage.targets, config=cfg)
-            bounds = [steps * e for e in range(cfg.lr_decay_epochs, stage.epochs, cfg.lr_decay_epochs)]
-            schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-                bounds, [stage.lr * cfg.lr_decay_factor ** i for i in range(len(bounds) + 1)]) if bounds else stage.lr
-            distiller.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True,
-                                                   weight_decay=cfg.weight_decay or None),
+            distiller.compile(training.optimizer(cfg, stage.lr, steps, stage.epochs),
                               steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
@@ -348,6 +346,8 @@ class Runner:
             record["skipped_problems"] = len(self.data_problems[data_dir])
         if stage.task == "verify":
             record["softmax"] = stage.softmax
+        if "landmarks" in task.heads:
+            record["landmark_head"] = cfg.landmark_head
         # Every worker saves (reading synchronized variables is a collective), each into its own root.
         self._save(stage, student, record, artifacts)
         shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)  # the chief's is the shared one
@@ -429,7 +429,7 @@ class Runner:
         tmp = self.path(stage, f".partial-{os.getpid()}.weights.h5", self.root)  # the suffix picks the format
         model.save_weights(tmp)
         os.replace(tmp, weights)
-        arrays = {"errors": artifacts["errors"]} if "errors" in artifacts else {}
+        arrays = {k: artifacts[k] for k in ("errors", "examples") if k in artifacts}
         if "roc" in artifacts:
             arrays.update(roc_fpr=artifacts["roc"][0], roc_tpr=artifacts["roc"][1])
         if arrays:
@@ -441,7 +441,7 @@ class Runner:
         if not os.path.exists(path):
             return {}
         z = np.load(path)
-        out = {"errors": z["errors"]} if "errors" in z else {}
+        out = {k: z[k] for k in ("errors", "examples") if k in z}
         if "roc_fpr" in z:
             out["roc"] = (z["roc_fpr"], z["roc_tpr"])
         return out
@@ -462,7 +462,8 @@ class Runner:
             results.plot_history({r["name"]: r["history"] for r in records},
                                  os.path.join(out_dir, "training_curves.png"))
             stages = [s for s in self.plan(task).values() if s.evaluate]
-            TASKS[task].plots({s.name: self._artifacts(s) for s in stages}, out_dir)
+            TASKS[task].plots({s.name: self._artifacts(s) for s in stages}, out_dir, res.models,
+                              self.data_dir(task), self.cfg)
         return res.data
 
 

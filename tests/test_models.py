@@ -154,3 +154,34 @@ def test_transfer_weights_width_mismatch_raises():
 def test_non_positive_width_divisor_raises(d):
     with pytest.raises(ValueError, match="width_divisor"):
         resnet.build_model(d, SIZE, CLASSES)
+
+
+@pytest.mark.parametrize("head", ["heatmap", "spatial", "pooled"])
+def test_landmark_heads_and_their_k(head):
+    """Every landmark head returns [N, 5, 2]; K ("hidden") is the layer feeding its last layer, with the
+    same width at every divisor for the spatial and heat-map heads (no adapter between teacher and
+    student), the pooled features for the paper's head."""
+    size = 48
+    x = tf.constant(np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype(np.float32))
+    widths = {}
+    for d in (1, 8):
+        m = resnet.build_model(d, size, CLASSES, heads=("landmarks",), landmark_head=head)
+        out = m(x, training=False)
+        assert out["landmarks"].shape == (2, 5, 2) and np.isfinite(out["landmarks"].numpy()).all()
+        widths[d] = out["hidden"].shape[-1]
+    if head == "pooled":
+        assert widths == {1: 2048, 8: 256}
+    else:
+        assert widths[1] == widths[8]
+    with pytest.raises(ValueError, match="landmark_head"):
+        resnet.build_model(8, size, CLASSES, heads=("landmarks",), landmark_head="dense")
+
+
+def test_soft_argmax_finds_a_peak_and_its_centre_of_mass():
+    from keras_kd.models.heads import SoftArgmax
+    maps = np.full((1, 4, 6, 2), -30.0, np.float32)
+    maps[0, 1, 4, 0] = 30.0                        # one peak: row 1, column 4
+    maps[0, 2, 1, 1] = maps[0, 2, 2, 1] = 30.0     # two equal peaks: their midpoint
+    got = SoftArgmax()(tf.constant(maps)).numpy()
+    np.testing.assert_allclose(got[0, 0], [(4 + 0.5) / 6, (1 + 0.5) / 4], atol=1e-5)
+    np.testing.assert_allclose(got[0, 1], [(1.5 + 0.5) / 6, (2 + 0.5) / 4], atol=1e-5)

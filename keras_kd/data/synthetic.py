@@ -15,10 +15,15 @@ pipeline's continuous convention (pixel i spans [i, i + 1), centre i + 0.5), hen
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import io
 import math
+import multiprocessing
+import os
 
 import numpy as np
+from PIL import Image
 
 from keras_kd.data.example import Item, write_dataset
 from keras_kd.keras import tf
@@ -231,7 +236,22 @@ def render_face(params: dict, rng: np.random.Generator, size: int) -> tuple[np.n
 
 
 def _png(s: dict, size: int) -> bytes:
-    return tf.io.encode_png(_render(s, size)).numpy()
+    """PIL, not TF: it runs in forked worker processes (write_synthetic), where TF must not be used."""
+    buf = io.BytesIO()
+    Image.fromarray(_render(s, size)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def prerender(items: list[Item], workers: int = 0) -> list[Item]:
+    """The items with their PNGs rendered up front on `workers` processes (0: every core)."""
+    workers = workers or os.cpu_count() or 1
+    args = [it.load.args for it in items]
+    if workers > 1 and len(items) >= 256:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            data = pool.starmap(_png, args, chunksize=64)
+    else:
+        data = [_png(*a) for a in args]
+    return [dataclasses.replace(it, load=functools.partial(bytes, d)) for it, d in zip(items, data)]
 
 
 def synthetic_items(num_identities: int, images_per_identity: int, image_size: int, seed: int) -> list[Item]:
@@ -248,6 +268,6 @@ def synthetic_items(num_identities: int, images_per_identity: int, image_size: i
 def write_synthetic(out_dir: str, num_identities: int = 40, images_per_identity: int = 50, image_size: int = 72,
                     seed: int = 0, **write_kwargs) -> dict:
     """Converts a synthetic set to TFRecords (see `write_dataset`); the split seed defaults to `seed`."""
-    items = synthetic_items(num_identities, images_per_identity, image_size, seed)
+    items = prerender(synthetic_items(num_identities, images_per_identity, image_size, seed))
     name = f"synthetic-faces-{num_identities}x{images_per_identity}-{image_size}px-seed{seed}"
     return write_dataset(out_dir, items, name, synthetic=True, **{"seed": seed, **write_kwargs})

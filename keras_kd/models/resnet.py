@@ -5,7 +5,8 @@ with stable layer names, so that weights move between tasks by name (classificat
 verification), tfmot can wrap its layers for QAT/pruning, and distillation losses can tap named features:
 
     "hint"    output of stage 2 (conv3_x), the FitNet hint layer
-    "hidden"  the global-average-pooled features: the layer K that feeds the final fully-connected layers
+    "hidden"  the layer K that feeds the final fully-connected layer of the task head: the globally pooled
+              features, or the spatial landmark head's reduced map (models/heads.py)
 
 Distillation losses that compare other intermediate features (attention transfer reads every stage) find
 them by layer name in `FEATURE_LAYERS`, the mapping of this architecture's feature names to its layers,
@@ -80,7 +81,7 @@ def backbone(images, width_divisor: int = 1, blocks: Sequence[int] = BLOCKS) -> 
 
 
 def build_model(width_divisor: int, image_size: int, num_classes: int, heads: Sequence[str] = (),
-                embedding_dim: int = 0, name: str = "model") -> keras.Model:
+                embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled") -> keras.Model:
     """A plain functional model: image → {"logits", "hidden", "hint", *task heads}.
 
     Every network keeps the classification head ("logits"): the paper computes soft targets from it in
@@ -91,7 +92,8 @@ def build_model(width_divisor: int, image_size: int, num_classes: int, heads: Se
     outputs = {"logits": heads_lib.logits(feats["hidden"], num_classes),
                "hidden": feats["hidden"], "hint": feats["hint"]}
     for head in heads:
-        outputs[head] = heads_lib.HEADS[head](feats["hidden"], embedding_dim=embedding_dim)
+        outputs[head], outputs["hidden"] = heads_lib.HEADS[head](feats, embedding_dim=embedding_dim,
+                                                                 landmark_head=landmark_head)
     return keras.Model(images, outputs, name=name)
 
 

@@ -23,7 +23,8 @@ class TransferTask(Task):
         t = self.name
         stages = []
         for suffix, softmax in self.variants(cfg):
-            teacher = Stage(t, "teacher" + suffix, 1, "classify", cfg.transfer_epochs, cfg.lr_init,
+            teacher = Stage(t, "teacher" + suffix, 1, "classify", cfg.teacher_transfer_epochs or cfg.transfer_epochs,
+                            cfg.lr_init,
                             init_from=("classify", "teacher"), softmax=softmax)
             stages.append(teacher)
             for d in cfg.students:
