@@ -22,6 +22,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cfg = main_flags.to_config()
     try:
+        if cfg.mode == "predict":
+            return predict_run(cfg)
         return evaluate_runs(cfg) if cfg.mode == "evaluate" else train_runs(cfg)
     except (DataError, StageError, StrategyError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -69,6 +71,15 @@ def evaluate_runs(cfg) -> int:
         with open(f"{cfg.model_dir}/{cfg.task}/{name}.md") as f:
             print(f.read())
     print(f"[done] evaluated on {cfg.eval_data}; table in {cfg.model_dir}/{cfg.task}/{name}.md")
+    return 0
+
+
+def predict_run(cfg) -> int:
+    """--mode=predict: one student (a stage or an export) on every image of --images."""
+    from export import predict
+    path = predict.run(FLAGS.images, cfg.model_dir, cfg.task, FLAGS.model, FLAGS.predict_dir,
+                       lambda: Runner(cfg, distribute.get_strategy("auto")))
+    print(f"[done] predictions of {FLAGS.images} in {path} (and predictions.csv beside it)")
     return 0
 
 

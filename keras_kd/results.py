@@ -498,3 +498,49 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> Non
     ax.set(xscale="log", xlabel="FAR", ylabel="TAR", ylim=(0, 1.01))
     ax.legend(fontsize=6)
     _save(fig, path)
+
+
+LANDMARK_STYLES = {"true": ("lime", "o"), "teacher": ("red", "x"), "student": ("cyan", "+"),
+                   "predicted": ("cyan", "+")}
+
+
+def _draw(ax, image: np.ndarray, points: dict[str, np.ndarray]) -> None:
+    ax.imshow(image, interpolation="nearest")
+    for i, (label, p) in enumerate(points.items()):
+        colour, marker = LANDMARK_STYLES.get(label.split(" ")[0], (f"C{i}", "."))
+        ax.scatter(p[:, 0] - 0.5, p[:, 1] - 0.5, s=28, c=colour, marker=marker, linewidths=1.2, label=label)
+    ax.set_axis_off()
+
+
+def draw_landmarks(image: np.ndarray, points: dict[str, np.ndarray], path: str) -> None:
+    """One image with each named set of 5 landmarks [5, 2] (x, y in the image's pixels) drawn on it."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
+    _draw(ax, image, points)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def plot_alignment_examples(images: np.ndarray, points: dict[str, np.ndarray], path: str, cols: int = 4) -> None:
+    """Test faces [N, S, S, 3] with named landmark sets [N, 5, 2] (pixels) drawn: the run's picture."""
+    from matplotlib.figure import Figure
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(2.4 * cols, 2.4 * rows + 0.4), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i < n:
+            _draw(ax, images[i], {k: v[i] for k, v in points.items()})
+        else:
+            ax.set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.4 * rows + 0.4)))
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+
+
+def write_json(path: str, obj: Any) -> None:
+    """JSON written atomically (numpy values as plain ones)."""
+    text = json.dumps(obj, indent=1, default=_json_default) + "\n"
+    _atomic_write(path, lambda f: f.write(text))

@@ -84,6 +84,49 @@ def test_align_transfers_and_ships(model_dir):
         assert (shipped / "tflite" / f"model_{kind}.tflite").stat().st_size > 10_000
         assert best["metrics"][f"tflite_{kind}_nrmse"] > 0
     assert "tflite_int8_nrmse" in md
+    # The run's picture: test faces with the true, the teacher's and the best student's landmarks.
+    assert (model_dir / "align" / "alignment_examples.png").stat().st_size > 10_000
+
+
+def test_predict_runs_a_stage_and_an_export_on_a_folder(model_dir, tmp_path):
+    from PIL import Image
+    import numpy as np
+    images = tmp_path / "faces"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 40), (64, 50)]):  # any size: the serving graph resizes
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / f"face{i}.png")
+    (images / "notes.txt").write_text("not an image")  # ignored: not an image extension
+    export_dir = next((model_dir / "align" / "export").iterdir())
+    for model, out in [("student_d8_pretrain", tmp_path / "stage"), (str(export_dir), tmp_path / "export")]:
+        _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--mode=predict",
+                     f"--images={images}", f"--model={model}", f"--predict_dir={out}"))
+        pred = json.loads((out / "predictions.json").read_text())["predictions"]
+        assert [p["image"] for p in pred] == ["face0.png", "face1.png"]
+        assert all(np.asarray(p["landmarks"]).shape == (5, 2) for p in pred)
+        assert (pred[1]["height"], pred[1]["width"]) == (64, 50)
+        assert (out / "face1.png").stat().st_size > 1000
+        assert (out / "predictions.csv").read_text().splitlines()[0].startswith("image,height,width,x1,y1")
+    # A stage and its export predict the same landmarks (one serving graph).
+    stage = json.loads((tmp_path / "stage" / "predictions.json").read_text())["predictions"]
+    shipped = json.loads((tmp_path / "export" / "predictions.json").read_text())["predictions"]
+    if export_dir.name == "student_d8_pretrain":
+        np.testing.assert_allclose([p["landmarks"] for p in stage], [p["landmarks"] for p in shipped], atol=0.05)
+
+
+@pytest.mark.parametrize("what, message", [("missing", "does not exist"), ("empty", "no image files"),
+                                           ("broken", "not a readable image")])
+def test_predict_bad_input_is_one_clear_line(model_dir, tmp_path, what, message):
+    images = tmp_path / "in"
+    if what != "missing":
+        images.mkdir()
+    if what == "broken":
+        (images / "face.jpg").write_bytes(b"not a jpeg")
+    proc = run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--mode=predict",
+                    f"--images={images}", "--model=student_d8_pretrain")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and str(images) in last
 
 
 def test_verify_triplet_softmax(model_dir):

@@ -15,6 +15,7 @@ from keras_kd.keras import tf
 from keras_kd.tasks.base import Stage, input_config, predict
 from keras_kd.tasks.transfer import TransferTask
 
+EXAMPLES = 12  # test faces drawn in alignment_examples.png
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 
@@ -41,7 +42,7 @@ class Align(TransferTask):
         From the centre, SGD at the paper's rates needs many epochs just to reach the mean shape; starting
         there, training begins at the mean-shape baseline and every step is spent on what varies.
         """
-        if "landmarks_fc" in copied:
+        if "landmarks_fc" in copied or "landmarks_fc" not in {l.name for l in model.layers}:
             return
         fc = model.get_layer("landmarks_fc")
         kernel, _ = fc.get_weights()
@@ -62,14 +63,44 @@ class Align(TransferTask):
              "failure_rate": metrics.failure_rate(per_image, 0.10),
              "auc10": metrics.auc_ced(per_image, 0.10)}
         m.update({f"nrmse_{n}": float(100 * per_point[:, i].mean()) for i, n in enumerate(LANDMARK_NAMES)})
-        return m, {"errors": per_image}
+        return m, {"errors": per_image, "examples": pred[:EXAMPLES]}
 
-    def plots(self, artifacts, out_dir):
+    def plots(self, artifacts, out_dir, models=(), data_dir="", cfg=None):
         curves = {n: a["errors"] for n, a in artifacts.items() if "errors" in a}
         if not curves:
             return []
         path = os.path.join(out_dir, "ced.png")
         results.plot_ced(curves, path, max_err=0.10)
+        paths = [path]
+        if data_dir and cfg is not None:
+            paths += self._examples_plot(artifacts, out_dir, list(models), data_dir, cfg)
+        return paths
+
+    def _examples_plot(self, artifacts, out_dir, models, data_dir, cfg) -> list:
+        """The first test faces with the true landmarks, the teacher's and the best student's."""
+        teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
+        best = self.best_students(models)
+        shown = {f"teacher ({teacher})": teacher} if teacher else {}
+        if best:
+            top = min(best, key=lambda n: next(m["metrics"][self.headline] for m in models if m["name"] == n))
+            shown[f"student ({top})"] = top
+        shown = {k: artifacts[n]["examples"] for k, n in shown.items() if "examples" in artifacts.get(n, {})}
+        if not shown:
+            return []
+        n = min(len(v) for v in shown.values())
+        ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
+        images, true = [], []
+        for x, t in ds:
+            keep = t["has_landmarks"].numpy()
+            images.append(x.numpy()[keep])
+            true.append(t["landmarks"].numpy()[keep])
+            if sum(map(len, images)) >= n:
+                break
+        images, true = np.concatenate(images)[:n], np.concatenate(true)[:n]
+        s = cfg.image_size
+        points = {"true": true * s, **{k: v[:n] * s for k, v in shown.items()}}
+        path = os.path.join(out_dir, "alignment_examples.png")
+        results.plot_alignment_examples((images * 255).round().astype(np.uint8), points, path)
         return [path]
 
 

@@ -100,7 +100,9 @@ class Task:
     def init_heads(self, model: keras.Model, copied: list, data_dir: str, cfg: Config) -> None:
         """Data-dependent initialization of task heads that were not carried over from another stage."""
 
-    def plots(self, artifacts: Dict[str, dict], out_dir: str) -> list:
+    def plots(self, artifacts: Dict[str, dict], out_dir: str, models: Iterable[dict] = (),
+              data_dir: str = "", cfg: Optional[Config] = None) -> list:
+        """PNGs of the run (CED, ROC, examples); `models` are the evaluated records, for picking the best."""
         return []
 
     def best_students(self, models: list) -> list:

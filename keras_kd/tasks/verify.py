@@ -40,7 +40,7 @@ class Verify(TransferTask):
         m.update(pm)
         return m, art
 
-    def plots(self, artifacts, out_dir):
+    def plots(self, artifacts, out_dir, models=(), data_dir="", cfg=None):
         curves = {n: a["roc"] for n, a in artifacts.items() if "roc" in a}
         if not curves:
             return []

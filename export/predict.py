@@ -1,0 +1,125 @@
+"""Run a trained stage or an exported SavedModel on a folder of images: `python main.py --mode=predict`.
+
+    python main.py --task=align --mode=predict --images=DIR [--model=STAGE|EXPORT_DIR] [--predict_dir=OUT]
+
+Both kinds of model go through the same serving graph (export/saved_model.py: resize, centre crop,
+network, outputs in input pixels), so a stage predicts exactly what its export will. `--model` empty is
+the best student of the task's results.json. Written to OUT (default `<model_dir>/<task>/predict/`):
+
+    predictions.json   one record per image: {"image", "height", "width", <outputs>}
+    predictions.csv    the same, one row per image (landmarks x1,y1..x5,y5; class_id, probability;
+                       embedding e0..eD)
+    <stem>.png         align: the image with its predicted landmarks drawn
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+from keras_kd.keras import tf
+
+from export.saved_model import ExportError, ServingModule
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def list_images(folder: str) -> List[str]:
+    if not os.path.isdir(folder):
+        raise ExportError(f"{folder}: --images must be a folder of images, and it does not exist")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ExportError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
+    return paths
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3]; a file that does not decode is one clear error naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except (OSError, tf.errors.OpError) as e:
+        raise ExportError(f"{path}: not a readable image ({str(e).splitlines()[0][:120]})") from None
+
+
+def serving_function(model_dir: str, task: str, model: str, runner_factory: Callable) -> Tuple[Callable, str]:
+    """(images float [N, H, W, 3] 0..255 → outputs, description) for a stage name or a SavedModel path."""
+    if model and os.path.isdir(model):
+        path = model
+        versions = os.path.join(model, "saved_model")
+        if os.path.isdir(versions):  # an export/<name> folder: its highest version
+            numbered = sorted((int(v) for v in os.listdir(versions) if v.isdigit()), reverse=True)
+            if not numbered:
+                raise ExportError(f"{versions}: no version folder (1, 2, ...) with a SavedModel")
+            path = os.path.join(versions, str(numbered[0]))
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise ExportError(f"{model}: not a SavedModel (no saved_model.pb) nor an export folder")
+        fn = tf.saved_model.load(path).signatures["serving_default"]
+        return (lambda images: {k: v.numpy() for k, v in fn(image=tf.constant(images)).items()}), path
+    runner = runner_factory()
+    if not model:
+        from keras_kd.results import Results
+        from keras_kd.tasks import TASKS
+        res = Results.load(os.path.join(model_dir, task, "results.json"))
+        best = TASKS[task].best_students(res.models)
+        if not best:
+            raise ExportError(f"{model_dir}/{task}/results.json: no trained student (run python main.py "
+                              f"--task={task} first, or pass --model)")
+        model = best[-1]  # the narrowest width's best student: what a phone ships
+    from export import load_stage
+    keras_model, _, _ = load_stage(runner, task, model)
+    module = ServingModule(keras_model, task, runner.cfg.image_size)
+    return (lambda images: {k: v.numpy() for k, v in module.serving_default(tf.constant(images)).items()}), model
+
+
+def _row(task: str, out: Dict[str, np.ndarray], i: int) -> Dict[str, object]:
+    if task == "align":
+        return {"landmarks": np.round(out["landmarks"][i], 2).tolist()}
+    if task == "classify":
+        return {"class_id": int(out["class_id"][i]), "probability": float(out["probabilities"][i].max())}
+    return {"embedding": np.round(out["embedding"][i], 6).tolist()}
+
+
+def _csv_fields(task: str, rec: dict) -> Dict[str, object]:
+    if task == "align":
+        return {f"{a}{j + 1}": v for j, p in enumerate(rec["landmarks"]) for a, v in zip("xy", p)}
+    if task == "classify":
+        return {"class_id": rec["class_id"], "probability": rec["probability"]}
+    return {f"e{j}": v for j, v in enumerate(rec["embedding"])}
+
+
+def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, runner_factory: Callable,
+        batch: int = 32) -> str:
+    """Predicts every image of `images_dir`; returns the predictions.json path."""
+    from keras_kd import results as results_lib
+    paths = list_images(images_dir)
+    fn, used = serving_function(model_dir, task, model, runner_factory)
+    out_dir = out_dir or os.path.join(model_dir, task, "predict")
+    os.makedirs(out_dir, exist_ok=True)
+    records = []
+    for start in range(0, len(paths), batch):
+        chunk = paths[start:start + batch]
+        pics = [read_image(p) for p in chunk]
+        # One call per image size (the signature takes any size, but one size per batch).
+        for p, img in zip(chunk, pics):
+            out = fn(img[None].astype(np.float32))
+            rec = {"image": os.path.basename(p), "height": int(img.shape[0]), "width": int(img.shape[1]),
+                   **_row(task, out, 0)}
+            records.append(rec)
+            if task == "align":
+                stem = os.path.splitext(os.path.basename(p))[0]
+                results_lib.draw_landmarks(img, {"predicted": np.asarray(rec["landmarks"])},
+                                           os.path.join(out_dir, f"{stem}.png"))
+    path = os.path.join(out_dir, "predictions.json")
+    results_lib.write_json(path, {"task": task, "model": used, "predictions": records})
+    with open(os.path.join(out_dir, "predictions.csv"), "w", newline="") as f:
+        rows = [{"image": r["image"], "height": r["height"], "width": r["width"], **_csv_fields(task, r)}
+                for r in records]
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
