@@ -507,7 +507,7 @@ LANDMARK_STYLES = {"true": ("lime", "o"), "teacher": ("red", "x"), "student": ("
 def _draw(ax, image: np.ndarray, points: dict[str, np.ndarray]) -> None:
     ax.imshow(image, interpolation="nearest")
     for i, (label, p) in enumerate(points.items()):
-        colour, marker = LANDMARK_STYLES.get(label.split(" ")[0], (f"C{i}", "."))
+        colour, marker = LANDMARK_STYLES.get(label.split(" ")[0].rstrip(","), (f"C{i}", "."))
         ax.scatter(p[:, 0] - 0.5, p[:, 1] - 0.5, s=28, c=colour, marker=marker, linewidths=1.2, label=label)
     ax.set_axis_off()
 

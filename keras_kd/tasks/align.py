@@ -80,10 +80,15 @@ class Align(TransferTask):
         """The first test faces with the true landmarks, the teacher's and the best student's."""
         teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
         best = self.best_students(models)
-        shown = {f"teacher ({teacher})": teacher} if teacher else {}
+        score = {m["name"]: m.get("metrics", {}).get(self.headline) for m in models}
+
+        def label(role, name):
+            who = role if name == role else f"{role} {name}"
+            return f"{who}, NRMSE {score[name]:.1f} %" if score.get(name) is not None else who
+        shown = {label("teacher", teacher): teacher} if teacher else {}
         if best:
-            top = min(best, key=lambda n: next(m["metrics"][self.headline] for m in models if m["name"] == n))
-            shown[f"student ({top})"] = top
+            top = min(best, key=lambda n: score[n])
+            shown[label("student", top)] = top
         shown = {k: artifacts[n]["examples"] for k, n in shown.items() if "examples" in artifacts.get(n, {})}
         if not shown:
             return []
