@@ -230,6 +230,68 @@ def test_rkd_matches_the_reference_across_widths_and_ignores_scale():
     _no_teacher_gradient(lambda a, b: losses.rkd(a, b), s, t)
 
 
+# ---- face-embedding losses: cosine consistency and the similarity matrix --------------------------------
+def _reference_emb_cos(s, t):
+    return np.array([1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(s, t)])
+
+
+def _reference_emb_sim(s, t):
+    """Mean over i ≠ j of (cos_S(i, j) − cos_T(i, j))², pair by pair."""
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    n = len(s)
+    return np.mean([(cos(s[i], s[j]) - cos(t[i], t[j])) ** 2 for i in range(n) for j in range(n) if i != j])
+
+
+def test_embedding_cosine_matches_the_reference_and_leaves_the_norm_free():
+    rng = np.random.default_rng(4)
+    s, t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    got = _np(losses.embedding_cosine(tf.constant(s, tf.float32), tf.constant(t, tf.float32)))
+    assert got.shape == (6,)
+    np.testing.assert_allclose(got, _reference_emb_cos(s, t), rtol=1e-5, atol=1e-6)
+    # Zero at equality and for any positive rescaling of each row (only the direction counts); 2 when opposite.
+    t32 = tf.constant(t, tf.float32)
+    scale = tf.constant(rng.uniform(0.1, 10, (6, 1)), tf.float32)
+    np.testing.assert_allclose(_np(losses.embedding_cosine(t32, t32)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(_np(losses.embedding_cosine(scale * t32, t32)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(_np(losses.embedding_cosine(-t32, t32)), 2.0, rtol=1e-6)
+    _no_teacher_gradient(losses.embedding_cosine, s, t)
+
+
+def test_similarity_matrix_matches_the_reference_across_widths():
+    rng = np.random.default_rng(5)
+    s, t = rng.normal(size=(6, 3)), rng.normal(size=(6, 9))  # different widths: B×B matrices match
+    got = float(losses.similarity_matrix(tf.constant(s, tf.float32), tf.constant(t, tf.float32)))
+    np.testing.assert_allclose(got, _reference_emb_sim(s, t), rtol=1e-5)
+    assert got > 0.01
+    # A batch of one has no pair: 0, not NaN.
+    assert float(losses.similarity_matrix(tf.constant(s[:1], tf.float32), tf.constant(t[:1], tf.float32))) == 0.0
+    _no_teacher_gradient(losses.similarity_matrix, s, t)
+
+
+def test_similarity_matrix_is_zero_for_a_rotated_rescaled_or_wider_copy_of_the_teacher():
+    rng = np.random.default_rng(6)
+    t = rng.normal(size=(7, 4))
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))          # a rotation (orthogonal)
+    m, _ = np.linalg.qr(rng.normal(size=(10, 4)))         # 4 → 10 with orthonormal columns: S Sᵀ = T Tᵀ
+    t32 = tf.constant(t, tf.float32)
+    for student in (t, 3.0 * t @ q, 0.2 * t @ m.T, t * rng.uniform(0.5, 2, (7, 1))):
+        got = float(losses.similarity_matrix(tf.constant(student, tf.float32), t32))
+        assert abs(got) < 1e-6, got  # float32 round-off
+    assert float(losses.similarity_matrix(t32, t32)) == 0.0  # the same tensors: exactly 0
+    # ... while a per-example cosine would see the rotation.
+    assert float(tf.reduce_mean(losses.embedding_cosine(tf.constant(t @ q, tf.float32), t32))) > 0.1
+
+
+def test_embedding_components_read_k_and_the_similarity_matrix_is_broadcast():
+    rng = np.random.default_rng(7)
+    s, t = rng.normal(size=(5, 6)).astype(np.float32), rng.normal(size=(5, 6)).astype(np.float32)
+    got = _np(methods.EmbSim()({"hidden": tf.constant(s)}, {"hidden": tf.constant(t)}))
+    np.testing.assert_allclose(got, [_reference_emb_sim(s, t)] * 5, rtol=1e-5)
+    got = _np(methods.EmbCos()({"hidden": tf.constant(s)}, {"hidden": tf.constant(t)}))
+    np.testing.assert_allclose(got, _reference_emb_cos(s, t), rtol=1e-5, atol=1e-6)
+    assert methods.EmbSim.relational and not methods.EmbCos.relational
+
+
 def test_relational_components_give_the_batch_value_to_every_example():
     s, t = tf.constant(RKD_S), tf.constant(RKD_T)
     got = _np(methods.RKD(1.0, 0.0)({"hidden": s}, {"hidden": t}))
@@ -245,6 +307,8 @@ def test_parse_kd():
     assert methods.parse_kd("") == [] and methods.parse_kd("none") == []
     assert methods.parse_kd("at:2+soft") == [("soft", 1.0), ("at", 2.0)]               # '+', registry order
     assert methods.parse_kd("fitnet") == [("hint", 1.0)]                               # alias
+    assert methods.parse_kd("emb_cos:0.5,emb_sim") == [("emb_cos", 0.5), ("emb_sim", 1.0)]
+    assert methods.parse_kd("emb_sim+soft") == [("soft", 1.0), ("emb_sim", 1.0)]       # after the older terms
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -259,18 +323,22 @@ def test_parse_kd_errors_name_the_culprit(spec, message):
     with pytest.raises(ValueError, match=message) as err:
         methods.parse_kd(spec)
     if "unknown" in message:
-        for name in ("soft", "logits", "hidden", "hint", "fitnet", "dkd", "dist", "at", "rkd"):
+        for name in ("soft", "logits", "hidden", "hint", "fitnet", "dkd", "dist", "at", "rkd", "emb_cos",
+                     "emb_sim"):
             assert name in str(err.value)
 
 
 def test_registry_features_adapters_and_config():
     r = methods.REGISTRY
-    assert set(r) == {"soft", "logits", "hidden", "hint", "dkd", "dist", "at", "rkd"}
+    assert list(r) == ["soft", "logits", "hidden", "hint", "dkd", "dist", "at", "rkd", "emb_cos", "emb_sim"]
     assert (r["soft"].keys, r["soft"].adapter) == (("logits",), None)
     assert (r["hidden"].keys, r["hidden"].adapter) == (("hidden",), "dense")
     assert (r["hint"].keys, r["hint"].adapter) == (("hint",), "conv1x1")
     assert r["at"].keys == ("stage1", "stage2", "stage3", "stage4") and r["at"].any_width
     assert r["dkd"].needs_labels and r["rkd"].any_width
+    assert (r["emb_cos"].keys, r["emb_cos"].adapter, r["emb_cos"].any_width) == (("hidden",), "dense", False)
+    assert (r["emb_sim"].keys, r["emb_sim"].adapter, r["emb_sim"].any_width) == (("hidden",), None, True)
+    assert methods.create("emb_cos", Config()) == methods.EmbCos() and methods.create("emb_sim") == methods.EmbSim()
     # Hyper-parameters come from Config.<prefix>_<field> (the flags), defaults from the papers.
     assert methods.create("dkd") == methods.DKD(alpha=1.0, beta=8.0, temperature=4.0)
     assert methods.create("rkd") == methods.RKD(distance_weight=25.0, angle_weight=50.0)
@@ -288,6 +356,7 @@ def test_spec_and_paper_names():
     assert methods.paper_name([("soft", 1.0)]) == "a1b0" and methods.paper_name([]) == "a0b0"
     assert methods.paper_name([("soft", 1.0), ("hidden", 0.5)]) == "a1b0.5"
     assert methods.paper_name([("soft", 1.0), ("rkd", 1.0)]) is None
+    assert methods.spec_name(methods.parse_kd("emb_cos:0.5,emb_sim")) == "emb_cos0p5_emb_sim"
 
 
 def test_feature_layers_are_the_last_block_of_each_stage():
@@ -347,9 +416,9 @@ def test_every_method_composes_into_one_finite_loss(composed):
     assert set(h) == {"loss", "task"} | set(methods.REGISTRY)
     for name in methods.REGISTRY:
         assert np.isfinite(h[name][0]) and h[name][0] > 0, name
-    # Adapters only where a loss asks for one and widths differ (AT, RKD compare relations/maps).
+    # Adapters only where a loss asks for one and widths differ (AT, RKD, emb_sim compare relations/maps).
     adapters = composed["d"].adapters
-    assert {n for n, a in adapters.items() if a is not None} == {"hidden", "hint"}
+    assert {n for n, a in adapters.items() if a is not None} == {"hidden", "hint", "emb_cos"}
 
 
 def test_teacher_unchanged_and_student_changed_after_a_step(composed):
@@ -396,6 +465,7 @@ def test_reported_terms_equal_the_reference_formulas_on_the_tapped_features(comp
     s, t = feats(s_model), feats(t_model)
     np.testing.assert_allclose(got["at"], 1000 * _reference_at(s[:4], t[:4], 2.0).mean(), rtol=1e-4)
     np.testing.assert_allclose(got["rkd"], _reference_rkd(s[4], t[4], 25, 50), rtol=1e-4)
+    np.testing.assert_allclose(got["emb_sim"], _reference_emb_sim(s[4], t[4]), rtol=1e-4)
     np.testing.assert_allclose(got["dkd"], _reference_dkd(s[5], t[5], y, 1.0, 8.0, 4.0).mean(), rtol=1e-4)
     np.testing.assert_allclose(got["dist"], _reference_dist(s[5], t[5], 1.0, 1.0, 1.0).mean(), rtol=1e-4)
 
@@ -413,6 +483,25 @@ def test_every_term_is_zero_when_the_student_is_the_teacher():
     for name in methods.REGISTRY:
         assert abs(got[name]) < (1e-5 if name == "dist" else 1e-6), (name, got[name])  # DIST: its ε
     assert got["task"] > 0.1
+
+
+def test_emb_cos_projects_a_narrower_student_and_emb_sim_needs_no_adapter():
+    keras.utils.set_random_seed(3)
+    student = resnet.build_model(8, SIZE, CLASSES, name="student")   # K: 256
+    teacher = resnet.build_model(4, SIZE, CLASSES, name="teacher")   # K: 512
+    s_dim, t_dim = student.output["hidden"].shape[-1], teacher.output["hidden"].shape[-1]
+    assert s_dim < t_dim
+    d = Distiller(student, teacher, targets=[("emb_cos", 0.5), ("emb_sim", 1.0)])
+    adapter = d.adapters["emb_cos"]
+    assert isinstance(adapter, keras.layers.Dense) and adapter.units == t_dim and d.adapters["emb_sim"] is None
+    assert all(any(v is w for w in d.trained_variables) for v in adapter.trainable_variables)
+    # The terms are the formulas on the projected (emb_cos) and the raw (emb_sim) embeddings, weights applied.
+    x, _ = _batch(6, seed=4)
+    terms = d._per_example(tf.constant(x), {}, training=False)
+    s_k, t_k = student(x, training=False)["hidden"], teacher(x, training=False)["hidden"]
+    np.testing.assert_allclose(_np(terms["emb_cos"]), 0.5 * _reference_emb_cos(_np(adapter(s_k)), _np(t_k)),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_np(terms["emb_sim"]), [_reference_emb_sim(_np(s_k), _np(t_k))] * 6, rtol=1e-4)
 
 
 def test_dkd_without_labels_and_a_loss_given_twice_are_refused():

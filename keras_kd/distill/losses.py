@@ -2,9 +2,9 @@
 
 Per-example functions return one value per example ([batch]); the Distiller reduces them over the *global*
 batch, which is what keeps gradients right under tf.distribute (a mean per replica would scale the loss
-with the replica count). Relational formulas (RKD, DIST's intra-class term) compare examples with each
-other and return one value for the batch they see. Which network output each formula reads, its
-hyper-parameters and its registry name live in `distill/methods.py`.
+with the replica count). Relational formulas (RKD, DIST's intra-class term, the similarity matrix) compare
+examples with each other and return one value for the batch they see. Which network output each formula
+reads, its hyper-parameters and its registry name live in `distill/methods.py`.
 """
 from __future__ import annotations
 
@@ -228,3 +228,39 @@ def rkd(student, teacher, distance_weight: float = 25.0, angle_weight: float = 5
     loss_d = tf.reduce_mean(_smooth_l1(normalized(s) - normalized(t)))
     loss_a = tf.reduce_mean(_smooth_l1(_angles(s) - _angles(t)))
     return distance_weight * loss_d + angle_weight * loss_a
+
+
+# ---- face-embedding distillation -------------------------------------------------------------------
+def _unit_rows(e):
+    """Rows of e flattened to [B, D] and scaled to unit L2 (x / max(‖x‖, 1e-12): a zero row stays 0)."""
+    return tf.math.l2_normalize(tf.reshape(e, [tf.shape(e)[0], -1]), axis=1, epsilon=1e-24)
+
+
+def embedding_cosine(student, teacher):
+    """1 − cos(S_i, T_i) per example: the student's embedding pointed where the teacher's points.
+
+    Face embeddings are compared by cosine (verification, identification), so only their direction matters:
+    unlike `mean_sq`, the norm of either embedding is left free. The widths must match (the registry's
+    `emb_cos` goes through a dense projection when the student is narrower).
+    """
+    s, t = _unit_rows(student), _unit_rows(tf.stop_gradient(teacher))
+    return 1.0 - tf.reduce_sum(s * t, axis=1)
+
+
+def similarity_matrix(student, teacher):
+    """Mean over pairs i ≠ j of (cos_S(i, j) − cos_T(i, j))²: one value for the batch.
+
+    cos_X is the B×B matrix of cosine similarities between the batch's embeddings: the teacher's pairwise
+    geometry, which is what verification measures (same person or not by the cosine of two faces). The
+    B×B matrices match whatever the widths, so no projection is needed, and the loss is unchanged by any
+    rotation or uniform rescaling of the student's embedding space. It is the relation-distillation family
+    of CoupleFace (Liu et al., AAAI 2022) and EKD (Huang et al., CVPR 2022) in its plain form, an L2 between
+    similarity matrices, and neither paper's exact loss (CoupleFace mines informative pairs; EKD weights
+    the pairs that matter at the evaluation's thresholds). The diagonal (always 1) is left out; a batch of
+    one gives 0.
+    """
+    s, t = _unit_rows(student), _unit_rows(tf.stop_gradient(teacher))
+    diff = tf.matmul(s, s, transpose_b=True) - tf.matmul(t, t, transpose_b=True)
+    b = tf.cast(tf.shape(s)[0], s.dtype)
+    off = 1.0 - tf.eye(tf.shape(s)[0], dtype=s.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(off * tf.square(diff)), b * (b - 1.0))

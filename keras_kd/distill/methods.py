@@ -19,6 +19,8 @@ other). Its hyper-parameters are its dataclass fields, read from `Config.<prefix
 | dist | logits: inter- and intra-class Pearson relations (Huang et al., NeurIPS 2022) | β = γ = 1, τ = 1 (official code) |
 | at | stage 1-4 maps: attention transfer (Zagoruyko & Komodakis, ICLR 2017) | p = 2, β = 1000 (paper, mdistiller) |
 | rkd | pooled layer K: distance + angle relations (Park et al., CVPR 2019) | 25 and 50 (paper, mdistiller) |
+| emb_cos | pooled layer K: 1 − cos of the L2-normalised embeddings (dense adapter when narrower) | |
+| emb_sim | pooled layer K: L2 between the batch's B×B cosine-similarity matrices (CoupleFace / EKD family) | |
 
 Reduction under tf.distribute: per-example terms are averaged over the global batch by the Distiller. A
 relational term is computed on the examples one replica sees and added to each of them, so the global
@@ -171,7 +173,33 @@ class RKD(KDLoss):
         return _broadcast(value, s["hidden"])
 
 
-REGISTRY: Dict[str, type] = {c.name: c for c in (Soft, Logits, Hidden, Hint, DKD, DIST, AT, RKD)}
+@dataclasses.dataclass(frozen=True)
+class EmbCos(KDLoss):
+    """Face embeddings are compared by cosine: match the direction of K, leave its norm free."""
+
+    name: ClassVar[str] = "emb_cos"
+    keys: ClassVar[Tuple[str, ...]] = ("hidden",)
+    adapter: ClassVar[Optional[str]] = "dense"  # the projection when the student is narrower
+
+    def __call__(self, s, t, labels=None):
+        return losses.embedding_cosine(s["hidden"], t["hidden"])
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbSim(KDLoss):
+    """The teacher's pairwise cosine geometry over the batch (what verification measures); any width."""
+
+    name: ClassVar[str] = "emb_sim"
+    keys: ClassVar[Tuple[str, ...]] = ("hidden",)
+    any_width: ClassVar[bool] = True
+    relational: ClassVar[bool] = True
+
+    def __call__(self, s, t, labels=None):
+        return _broadcast(losses.similarity_matrix(s["hidden"], t["hidden"]), s["hidden"])
+
+
+# Appended in this order: terms of a spec come in registry order, so existing spec names keep theirs.
+REGISTRY: Dict[str, type] = {c.name: c for c in (Soft, Logits, Hidden, Hint, DKD, DIST, AT, RKD, EmbCos, EmbSim)}
 ALIASES = {"fitnet": "hint"}
 NONE = "none"  # a method spec meaning "no distillation term" (the task loss alone: the control)
 PAPER = ("soft", "hidden")  # the paper's Eq. 5 terms: their weights are α and β
