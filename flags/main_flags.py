@@ -46,6 +46,15 @@ flags.DEFINE_enum("teacher_cache", "off", ["off", "memory", "disk"],
                   "Compute the teacher's logits and hidden layer once per training image (un-augmented centre "
                   "crop) instead of in every step: memory (this run) or disk (<data>/teacher_cache/, reused "
                   "while teacher, data and pre-processing are unchanged). Students trained so are named *_tc.")
+flags.DEFINE_string("teacher", "", "Distil from this teacher instead of training one: a Keras model file "
+                    "(.keras, .h5) or a SavedModel folder, run frozen in every step. Its outputs and input contract "
+                    "come from --teacher_spec (README, \"Distill your own teacher\").")
+flags.DEFINE_string("teacher_spec", "", "JSON naming --teacher's outputs (embedding, logits, hidden, landmarks) "
+                    "and its input (size, range, mean, std, channels); default <model>.json beside a file, "
+                    "<folder>/keras_kd_teacher.json in a SavedModel folder.")
+flags.DEFINE_string("teacher_outputs", "", "Distil from a file of a teacher's outputs per record instead of "
+                    "a teacher (any framework; keras_kd/teachers/outputs.py; python -m keras_kd.teachers.dlib "
+                    "writes one).")
 flags.DEFINE_bool("export", True, "After training, export students as SavedModel + TFLite (docs/serving.md); "
                   "--noexport skips it.")
 flags.DEFINE_enum("export_models", "best", ["best", "all"], "Which students main.py exports: the best of each "
@@ -172,6 +181,18 @@ def _eval_data_for_evaluate(v: dict) -> bool:
                              "and --images is used only by it")
 def _images_for_predict(v: dict) -> bool:
     return (v["mode"] == "predict") == bool(v["images"])
+
+
+@flags.multi_flags_validator(["teacher", "teacher_outputs", "teacher_cache", "teacher_spec"],
+                             message="--teacher and --teacher_outputs exclude each other, --teacher_cache "
+                             "caches a trained teacher (a --teacher_outputs file already is one), and "
+                             "--teacher_spec goes with --teacher")
+def _one_teacher(v: dict) -> bool:
+    if v["teacher"] and v["teacher_outputs"]:
+        return False
+    if v["teacher_outputs"] and v["teacher_cache"] != "off":
+        return False
+    return not v["teacher_spec"] or bool(v["teacher"])
 
 
 flags.register_validator("kd", lambda v: _kd_specs([v]), "--kd: name[:weight] terms")

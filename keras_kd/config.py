@@ -27,6 +27,9 @@ class Config:
     backup_steps: int = 0                  # back up training state every N steps; 0 = at each epoch end
     skip_corrupt: bool = False             # skip (and count) corrupt records instead of stopping
     teacher_cache: str = "off"             # off | memory | disk: precomputed teacher outputs (distill/teacher_cache.py)
+    teacher: str = ""                      # a teacher model file/folder to distil from, none trained (teachers/external.py)
+    teacher_spec: str = ""                 # its outputs and input contract (JSON); "" = beside the model
+    teacher_outputs: str = ""              # a file of a teacher's outputs per record (teachers/outputs.py)
 
     # models
     students: Tuple[int, ...] = (2, 4, 8)

@@ -38,6 +38,7 @@ from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
 from keras_kd.tasks import TASKS, Stage
+from keras_kd.teachers import external
 
 # Shapes a saved stage must share with the current run to be reused.
 COMPAT_KEYS = ("image_size", "num_classes", "width_divisor", "data")
@@ -159,6 +160,8 @@ class Runner:
         self._metas: Dict[str, dict] = {}
         self._records: Dict[tuple, dict] = {}
         self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
+        # --teacher / --teacher_outputs: the teacher of every teacher stage, none trained.
+        self.external = external.ExternalTeacher(cfg) if (cfg.teacher or cfg.teacher_outputs) else None
 
     # ---- data ----------------------------------------------------------------------------------
     def data_dir(self, task: str) -> str:
@@ -197,6 +200,10 @@ class Runner:
             except ValueError as e:
                 raise StageError(f"{task} plan: {e}") from None
             self._plans[task] = {s.name: s for s in stages}
+            if self.external is not None:
+                for s in stages:
+                    if s.teacher is not None and s.targets:
+                        self.external.check(s, self.num_classes)
             for spec, why in t.skipped_methods(self.cfg):
                 self.log(f"[plan] {task}: --methods={spec} skipped: {why}")
         return self._plans[task]
@@ -230,12 +237,15 @@ class Runner:
 
     def _reuse_or_train(self, stage: Stage) -> dict:
         task, name = stage.task, stage.name
+        if self.external is not None and stage.role == "teacher":
+            return self._external_record(stage)
         record_path = self.path(stage, ".json")
         if os.path.exists(record_path) and os.path.exists(self.path(stage, ".weights.h5")) \
                 and not self.cfg.overwrite:
             with open(record_path) as f:
                 record = json.load(f)
             self._check_compatible(stage, record)
+            self._check_same_teacher(stage, record)
             self.log(f"[stage] {task}/{name}: reusing {self.path(stage, '.weights.h5')} "
                      f"({_fmt(record.get('metrics', {}))})")
             return record
@@ -252,8 +262,40 @@ class Runner:
             raise StageError(f"{self.path(stage, '.json')}: saved with {', '.join(bad)}; use another "
                              "--model_dir or --overwrite")
 
+    def _teacher_identity(self, stage: Stage) -> Optional[str]:
+        """Which teacher a stage distils from: the external one's file hash, or the teacher stage."""
+        if stage.teacher is None or not stage.targets:
+            return None
+        if self.external is not None:
+            return self.external.identity
+        return "stage:" + "/".join(stage.teacher)
+
+    def _check_same_teacher(self, stage: Stage, record: dict) -> None:
+        want = self._teacher_identity(stage)
+        old = "stage:" + "/".join(stage.teacher) if stage.teacher and stage.targets else None  # records before it
+        if record.get("teacher_source", old) != want:
+            raise StageError(f"{self.path(stage, '.json')}: distilled from {record.get('teacher_source')} "
+                             f"(now {want}); use another --model_dir or --overwrite")
+
+    def _external_record(self, stage: Stage) -> dict:
+        """The external teacher's row: evaluated on the task's test split as far as its outputs allow."""
+        task = TASKS[stage.task]
+        data_dir = self.data_dir(stage.task)
+        with _naming_bad_records(data_dir):
+            m = self.external.evaluate(task, data_dir, task.batch_config(self.cfg, training=False))
+        self.log(f"[stage] {stage.task}/{stage.name}: the teacher is {self.external.path} (not trained); "
+                 f"{_fmt(m)}")
+        return {"name": stage.name, "role": "teacher", "width_divisor": 1, "init": "external", "targets": [],
+                "method": "none", "alpha": 0.0, "beta": 0.0, "params": self.external.params,
+                "flops": self.external.flops, "metrics": m, "epochs": 0, "train_seconds": 0.0, "seed": self.cfg.seed,
+                "image_size": self.cfg.image_size, "num_classes": self.num_classes,
+                "data": self.meta(stage.task)["name"], "evaluate": True, "history": {},
+                "teacher_source": self.external.identity}
+
     def load(self, task: str, name: str) -> keras.Model:
         stage = self.stage(task, name)
+        if self.external is not None and stage.role == "teacher":
+            return self.external.model()
         model = self.build(stage)
         # A worker reads its own copy when it has one: the chief's may still be being written.
         own = self.path(stage, ".weights.h5", self.root)
@@ -302,7 +344,8 @@ class Runner:
                                               teacher_outputs=cache))
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
-            "data": meta["name"], **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
+            "data": meta["name"], "teacher_source": self._teacher_identity(stage),
+            **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
         guard = _NanGuard()
         epoch_log = _EpochLog(os.path.join(self.backup_dir(stage, self.root), "history.json"), write=True)
         resumed = []
@@ -342,6 +385,8 @@ class Runner:
             record["resumed_at_epoch"] = resumed[0][0] + 1
         if cache is not None or stage.name.endswith(teacher_cache.SUFFIX):  # trained on, or from, cached targets
             record["teacher_cache"] = cfg.teacher_cache
+        if self._teacher_identity(stage):
+            record["teacher_source"] = self._teacher_identity(stage)
         if self.data_problems.get(data_dir):
             record["skipped_problems"] = len(self.data_problems[data_dir])
         if stage.task == "verify":
@@ -358,14 +403,23 @@ class Runner:
 
     def _teacher_cache(self, stage: Stage, data_dir: str, train_cfg: pipeline.InputConfig):
         """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""
+        if self.external is not None and self.external.offline:
+            return self.external.cache(data_dir) if stage.teacher and stage.targets else None
         if not teacher_cache.uses_cache(stage, self.cfg.teacher_cache):
             if self.cfg.teacher_cache != "off" and stage.targets:
                 self.log(f"[teacher cache] {stage.task}/{stage.name}: targets {[n for n, _ in stage.targets]} need "
                          f"teacher outputs the cache does not hold ({', '.join(teacher_cache.KEYS)} only): online teacher")
             return None
-        teacher = self.stage(*stage.teacher)
-        own = self.path(teacher, ".weights.h5", self.root)
-        weights = own if os.path.exists(own) else self.path(teacher, ".weights.h5")
+        if self.external is not None:
+            if not os.path.isfile(self.external.path):
+                self.log(f"[teacher cache] {stage.task}/{stage.name}: the cache keys on a teacher model file, "
+                         f"{self.external.path} is a folder: online teacher")
+                return None
+            weights = self.external.path
+        else:
+            teacher = self.stage(*stage.teacher)
+            own = self.path(teacher, ".weights.h5", self.root)
+            weights = own if os.path.exists(own) else self.path(teacher, ".weights.h5")
         return teacher_cache.get(self.cfg.teacher_cache, weights, data_dir, train_cfg,
                                  lambda: self.load(*stage.teacher), self._teacher_caches,
                                  write=self.worker == 0, log=self.log)

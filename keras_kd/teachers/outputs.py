@@ -1,0 +1,155 @@
+"""Teacher outputs from any framework: a file of per-record teacher outputs, for offline distillation.
+
+A teacher keras-kd cannot run (dlib, PyTorch, MXNet, an API) is run once by whoever has it, over the
+converted data, and its outputs are written to one ``.npz`` file (``--teacher_outputs=PATH``):
+
+    sources        str [N]           each record's ``image/source`` (unique within the data set)
+    splits         str [N]           "train" or "test": the split of the record
+    out_<name>     float32 [N, ...]  one array per output: ``embedding`` [N, D], ``logits`` [N, C],
+                                     ``hidden`` [N, D] (K; ``embedding`` when absent), ``landmarks`` [N, 5, 2]
+                                     in crop-normalized (x, y) of the un-augmented centre crop
+    meta           str (JSON)        {"format": "keras-kd/teacher-outputs", "version": 1, "data": meta.json's
+                                     name, "data_meta_sha256": ..., "teacher": free text, ...}
+
+``save`` writes it (numpy only: any Python process can); ``load`` checks it against the data before anything
+trains (the same data set by meta.json's hash, every train record present, finite values, consistent
+shapes) and returns a ``TeacherCache``: the train split's outputs stream with each batch exactly as
+``--teacher_cache`` targets do, one view per record (the un-augmented one). The test split's outputs, when
+present, let the teacher be evaluated like any model (``evaluate_outputs``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from keras_kd.data.example import META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta, shard_paths
+from keras_kd.distill.teacher_cache import TeacherCache
+from keras_kd.keras import tf
+
+FORMAT = "keras-kd/teacher-outputs"
+VERSION = 1
+NAMES = ("embedding", "logits", "hidden", "landmarks")
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def data_records(data_dir: str, split: str) -> Dict[str, np.ndarray]:
+    """{"source": str [N], "label": int [N]} of a split's records, in file order (images not decoded)."""
+    files = shard_paths(data_dir, split)
+    if not files:
+        raise DataError(f"{data_dir}: no {split}-*.tfrecord files")
+    sources, labels = [], []
+    for rec in tf.data.TFRecordDataset(files).map(parse_example):
+        sources.append(rec["source"].numpy().decode())
+        labels.append(int(rec["label"].numpy()))
+    return {"source": np.array(sources, dtype=object), "label": np.array(labels, np.int64)}
+
+
+def save(path: str, sources: Sequence[str], splits: Sequence[str], outputs: Mapping[str, np.ndarray],
+         data_dir: str, teacher: str, **extra) -> None:
+    """Writes a teacher-outputs file for the records of `data_dir` (atomically: temp file + rename)."""
+    unknown = set(outputs) - set(NAMES)
+    if unknown:
+        raise ValueError(f"unknown teacher outputs {sorted(unknown)}; known: {', '.join(NAMES)}")
+    meta = {"format": FORMAT, "version": VERSION, "data": read_meta(data_dir)["name"],
+            "data_meta_sha256": _sha256(os.path.join(data_dir, META_FILE)), "teacher": teacher, **extra}
+    buf = io.BytesIO()
+    np.savez(buf, sources=np.array([str(s) for s in sources]), splits=np.array([str(s) for s in splits]),
+             meta=np.array(json.dumps(meta, sort_keys=True)),
+             **{f"out_{k}": np.asarray(v, np.float32) for k, v in outputs.items()})
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read(path: str) -> tuple:
+    """(meta, sources, splits, outputs) of a teacher-outputs file; DataError naming the file when it is not one."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such teacher-outputs file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            sources = z["sources"].astype(str)
+            splits = z["splits"].astype(str)
+            outputs = {f[len("out_"):]: z[f].astype(np.float32) for f in z.files if f.startswith("out_")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a teacher-outputs file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise DataError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; expected "
+                        f"{FORMAT!r} version {VERSION}")
+    n = len(sources)
+    if len(splits) != n:
+        raise DataError(f"{path}: {len(splits)} splits for {n} sources")
+    if not outputs:
+        raise DataError(f"{path}: holds no teacher output (out_embedding, out_logits, out_hidden or out_landmarks)")
+    for k, v in outputs.items():
+        if k not in NAMES:
+            raise DataError(f"{path}: unknown output out_{k}; known: {', '.join(NAMES)}")
+        if len(v) != n:
+            raise DataError(f"{path}: out_{k} has {len(v)} rows for {n} records")
+        want = 3 if k == "landmarks" else 2
+        if v.ndim != want or (k == "landmarks" and v.shape[1:] != (NUM_LANDMARKS, 2)):
+            raise DataError(f"{path}: out_{k} has shape {list(v.shape)}; expected "
+                            + ("[N, 5, 2]" if k == "landmarks" else "[N, width]"))
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"{path}: out_{k} holds NaN or infinite values "
+                            f"(row {int(np.argwhere(~np.isfinite(v))[0][0])}, {sources[int(np.argwhere(~np.isfinite(v))[0][0])]})")
+    if len(set(sources.tolist())) != n:
+        raise DataError(f"{path}: a source is listed twice")
+    if "hidden" not in outputs and "embedding" in outputs:
+        outputs["hidden"] = outputs["embedding"]  # the teacher's K is its embedding
+    return meta, sources, splits, outputs
+
+
+def load(path: str, data_dir: str, split: str = "train") -> TeacherCache:
+    """The teacher's outputs for every `split` record of `data_dir`, checked against the data."""
+    meta, sources, splits, outputs = read(path)
+    sha = _sha256(os.path.join(data_dir, META_FILE))
+    if meta.get("data_meta_sha256") != sha:
+        raise DataError(f"{path}: made for the data {meta.get('data')!r} (meta.json sha256 "
+                        f"{str(meta.get('data_meta_sha256'))[:12]}), not for {data_dir} ({read_meta(data_dir)['name']!r}, "
+                        f"{sha[:12]}); write it again for this data")
+    want = data_records(data_dir, split)["source"]
+    index = {s: i for i, s in enumerate(sources.tolist()) if splits[i] == split}
+    missing = [s for s in want if s not in index]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of the {len(want)} {split} records of {data_dir} have no teacher "
+                        f"output (first: {missing[0]})")
+    rows = np.array([index[s] for s in want], np.int64)
+    key = {"teacher_outputs": os.path.abspath(path), "teacher_outputs_sha256": _sha256(path), **meta}
+    return TeacherCache(np.array([s.encode() for s in want], dtype=object),
+                        {k: v[rows] for k, v in outputs.items()}, key, path)
+
+
+def eval_outputs(path: str, data_dir: str) -> Optional[Dict[str, np.ndarray]]:
+    """The teacher's outputs on the test split, in the test records' order, with their labels and sources;
+    None when the file holds no test record (the teacher then cannot be evaluated)."""
+    _, sources, splits, outputs = read(path)
+    recs = data_records(data_dir, "test")
+    index = {s: i for i, s in enumerate(sources.tolist()) if splits[i] == "test"}
+    if not index:
+        return None
+    missing = [s for s in recs["source"] if s not in index]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of the {len(recs['source'])} test records of {data_dir} have no "
+                        f"teacher output (first: {missing[0]})")
+    rows = np.array([index[s] for s in recs["source"]], np.int64)
+    return {**{k: v[rows] for k, v in outputs.items()}, "label": recs["label"],
+            "source": np.array([s.encode() for s in recs["source"]], dtype=object)}
