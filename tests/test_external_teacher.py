@@ -256,3 +256,24 @@ def test_a_model_file_teacher_under_mirrored_strategy_matches_one_device(teacher
     assert r["replicas"] == [1, 2] and r["change"] > 1e-3
     np.testing.assert_allclose(r["loss"][1], r["loss"][0], rtol=1e-5)
     assert r["diff"] < 1e-4, r
+
+
+def test_a_linear_head_gives_an_embedding_teacher_cross_fitted_logits(tmp_path):
+    from keras_kd.teachers import linear_head
+    data = tmp_path / "data"
+    synthetic.write_synthetic(str(data), 4, 12, 40, seed=0, log=lambda *_: None)
+    recs = {s: outputs.data_records(str(data), s) for s in ("train", "test")}
+    srcs = list(recs["train"]["source"]) + list(recs["test"]["source"])
+    labels = np.concatenate([recs["train"]["label"], recs["test"]["label"]])
+    rng = np.random.default_rng(0)
+    emb = np.eye(4)[labels] * 3.0 + rng.normal(0, 0.3, (len(srcs), 4))  # identity clusters
+    path = tmp_path / "t.npz"
+    outputs.save(str(path), srcs, ["train"] * len(recs["train"]["source"]) + ["test"] * len(recs["test"]["source"]),
+                 {"embedding": emb}, str(data), teacher="clusters")
+    stats = linear_head.add_logits(str(path), str(data), out=str(tmp_path / "l.npz"), folds=3, log=lambda *_: None)
+    assert stats["cv_top1"] > 0.9
+    cache = outputs.load(str(tmp_path / "l.npz"), str(data))
+    assert cache.outputs["logits"].shape == (len(recs["train"]["source"]), 4)
+    assert (cache.outputs["logits"].argmax(1) == recs["train"]["label"]).mean() > 0.9
+    with pytest.raises(DataError, match=r"l\.npz: already has out_logits"):
+        linear_head.add_logits(str(tmp_path / "l.npz"), str(data), log=lambda *_: None)
