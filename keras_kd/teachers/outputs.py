@@ -24,6 +24,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -89,7 +90,7 @@ def read(path: str) -> tuple:
             sources = z["sources"].astype(str)
             splits = z["splits"].astype(str)
             outputs = {f[len("out_"):]: z[f].astype(np.float32) for f in z.files if f.startswith("out_")}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:  # TypeError: a .npy, not an .npz
         raise DataError(f"{path}: not a teacher-outputs file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise DataError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; expected "
@@ -118,14 +119,18 @@ def read(path: str) -> tuple:
     return meta, sources, splits, outputs
 
 
-def load(path: str, data_dir: str, split: str = "train") -> TeacherCache:
-    """The teacher's outputs for every `split` record of `data_dir`, checked against the data."""
-    meta, sources, splits, outputs = read(path)
+def _check_data(path: str, meta: dict, data_dir: str) -> None:
     sha = _sha256(os.path.join(data_dir, META_FILE))
     if meta.get("data_meta_sha256") != sha:
         raise DataError(f"{path}: made for the data {meta.get('data')!r} (meta.json sha256 "
                         f"{str(meta.get('data_meta_sha256'))[:12]}), not for {data_dir} ({read_meta(data_dir)['name']!r}, "
                         f"{sha[:12]}); write it again for this data")
+
+
+def load(path: str, data_dir: str, split: str = "train") -> TeacherCache:
+    """The teacher's outputs for every `split` record of `data_dir`, checked against the data."""
+    meta, sources, splits, outputs = read(path)
+    _check_data(path, meta, data_dir)
     want = data_records(data_dir, split)["source"]
     index = {s: i for i, s in enumerate(sources.tolist()) if splits[i] == split}
     missing = [s for s in want if s not in index]
@@ -141,11 +146,12 @@ def load(path: str, data_dir: str, split: str = "train") -> TeacherCache:
 def eval_outputs(path: str, data_dir: str) -> Optional[Dict[str, np.ndarray]]:
     """The teacher's outputs on the test split, in the test records' order, with their labels and sources;
     None when the file holds no test record (the teacher then cannot be evaluated)."""
-    _, sources, splits, outputs = read(path)
+    meta, sources, splits, outputs = read(path)
     recs = data_records(data_dir, "test")
     index = {s: i for i, s in enumerate(sources.tolist()) if splits[i] == "test"}
     if not index:
         return None
+    _check_data(path, meta, data_dir)  # same source names are not the same images: a --face_crop set keeps them
     missing = [s for s in recs["source"] if s not in index]
     if missing:
         raise DataError(f"{path}: {len(missing)} of the {len(recs['source'])} test records of {data_dir} have no "
