@@ -105,7 +105,7 @@ def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[obj
 
 
 # ---- the key -------------------------------------------------------------------------------------------
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -119,8 +119,8 @@ def cache_key(teacher_weights: str, data_dir: str, in_cfg: pipeline.InputConfig,
     return {
         "format": FORMAT, "outputs": list(KEYS),
         "teacher_weights": os.path.abspath(teacher_weights),       # not hashed: says which file went stale
-        "teacher_weights_sha256": _sha256_file(teacher_weights),
-        "data_meta_sha256": _sha256_file(os.path.join(data_dir, META_FILE)),
+        "teacher_weights_sha256": sha256_file(teacher_weights),
+        "data_meta_sha256": sha256_file(os.path.join(data_dir, META_FILE)),
         "split": split,
         "shards": [[os.path.basename(p), int(tf.io.gfile.stat(p).length)] for p in shard_paths(data_dir, split)],
         "image_size": in_cfg.image_size, "resize_size": in_cfg.resize_size, "crop": "centre", "flip": False,
@@ -199,14 +199,13 @@ def compute(teacher: keras.Model, data_dir: str, in_cfg: pipeline.InputConfig, k
     return TeacherCache(np.array(sources, dtype=object), {k: np.concatenate(v) for k, v in outs.items()}, key)
 
 
-def save(cache: TeacherCache, path: str) -> None:
-    """Writes the cache as .npz (sources, outputs, key) atomically: temp file in the same dir, rename."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def write_npz(path: str, **arrays) -> None:
+    """Writes arrays as .npz atomically: temp file in the same dir, rename (removed if writing fails)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, sources=np.array([s.decode() if isinstance(s, bytes) else s for s in cache.sources]),
-             key=np.array(json.dumps(cache.key, sort_keys=True)),
-             **{f"out_{k}": v for k, v in cache.outputs.items()})
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
+    np.savez(buf, **arrays)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getvalue())
@@ -215,6 +214,13 @@ def save(cache: TeacherCache, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save(cache: TeacherCache, path: str) -> None:
+    """Writes the cache as .npz (sources, outputs, key), atomically."""
+    write_npz(path, sources=np.array([s.decode() if isinstance(s, bytes) else s for s in cache.sources]),
+              key=np.array(json.dumps(cache.key, sort_keys=True)),
+              **{f"out_{k}": v for k, v in cache.outputs.items()})
     cache.path = path
 
 

@@ -19,6 +19,7 @@ single-output model is an embedding. ``hidden`` (the β target K) is the embeddi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -209,9 +210,10 @@ class ExternalTeacher:
             self.params = int(probe.count_params())
             self.flops = resnet.count_flops(inner[0]) if inner else 0
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
-        """What a distilled student's record stores, so a student of another teacher is never reused."""
+        """What a distilled student's record stores, so a student of another teacher is never reused
+        (hashed once per run: every stage asks for it)."""
         h = hashlib.sha256()
         files = [self.path] if os.path.isfile(self.path) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(self.path) for f in fs)

@@ -81,7 +81,8 @@ def add_logits(path: str, data_dir: str, out: str = "", folds: int = 5, l2: floa
     seen = [i for i in test if tl.get(sources[i]) in known]
     if seen:
         stats["test_top1_seen_identities"] = float(np.mean([logits[i].argmax() == tl[sources[i]] for i in seen]))
-    save = {k: v for k, v in outs.items() if k in _stored(path)}  # not the "hidden" read() derives
+    # Not the "hidden" that read() derives from the embedding when the file has none.
+    save = {k: v for k, v in outs.items() if not (k == "hidden" and v is outs.get("embedding"))}
     save["logits"] = logits
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "data", "data_meta_sha256", "teacher")}
     extra["logits"] = (f"linear softmax head on the unit embedding, L2 {l2:g}; train records {folds}-fold "
@@ -90,11 +91,6 @@ def add_logits(path: str, data_dir: str, out: str = "", folds: int = 5, l2: floa
     log(f"[linear head] {out or path}: out_logits over {classes} classes; cross-fitted train top-1 "
         f"{100 * stats['cv_top1']:.1f} %")
     return stats
-
-
-def _stored(path: str) -> set:
-    with np.load(path, allow_pickle=False) as z:
-        return {f[len("out_"):] for f in z.files if f.startswith("out_")}
 
 
 def main(argv=None) -> int:

@@ -19,28 +19,20 @@ present, let the teacher be evaluated like any model (``evaluate_outputs``).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import tempfile
 import zipfile
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from keras_kd.data.example import META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta, shard_paths
-from keras_kd.distill.teacher_cache import TeacherCache
+from keras_kd.distill.teacher_cache import TeacherCache, sha256_file, write_npz
 from keras_kd.keras import tf
 
 FORMAT = "keras-kd/teacher-outputs"
 VERSION = 1
 NAMES = ("embedding", "logits", "hidden", "landmarks")
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def data_records(data_dir: str, split: str) -> Dict[str, np.ndarray]:
@@ -62,22 +54,10 @@ def save(path: str, sources: Sequence[str], splits: Sequence[str], outputs: Mapp
     if unknown:
         raise ValueError(f"unknown teacher outputs {sorted(unknown)}; known: {', '.join(NAMES)}")
     meta = {"format": FORMAT, "version": VERSION, "data": read_meta(data_dir)["name"],
-            "data_meta_sha256": _sha256(os.path.join(data_dir, META_FILE)), "teacher": teacher, **extra}
-    buf = io.BytesIO()
-    np.savez(buf, sources=np.array([str(s) for s in sources]), splits=np.array([str(s) for s in splits]),
-             meta=np.array(json.dumps(meta, sort_keys=True)),
-             **{f"out_{k}": np.asarray(v, np.float32) for k, v in outputs.items()})
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            "data_meta_sha256": sha256_file(os.path.join(data_dir, META_FILE)), "teacher": teacher, **extra}
+    write_npz(path, sources=np.array([str(s) for s in sources]), splits=np.array([str(s) for s in splits]),
+              meta=np.array(json.dumps(meta, sort_keys=True)),
+              **{f"out_{k}": np.asarray(v, np.float32) for k, v in outputs.items()})
 
 
 def read(path: str) -> tuple:
@@ -110,8 +90,8 @@ def read(path: str) -> tuple:
             raise DataError(f"{path}: out_{k} has shape {list(v.shape)}; expected "
                             + ("[N, 5, 2]" if k == "landmarks" else "[N, width]"))
         if not np.all(np.isfinite(v)):
-            raise DataError(f"{path}: out_{k} holds NaN or infinite values "
-                            f"(row {int(np.argwhere(~np.isfinite(v))[0][0])}, {sources[int(np.argwhere(~np.isfinite(v))[0][0])]})")
+            row = int(np.argwhere(~np.isfinite(v))[0][0])
+            raise DataError(f"{path}: out_{k} holds NaN or infinite values (row {row}, {sources[row]})")
     if len(set(sources.tolist())) != n:
         raise DataError(f"{path}: a source is listed twice")
     if "hidden" not in outputs and "embedding" in outputs:
@@ -120,7 +100,7 @@ def read(path: str) -> tuple:
 
 
 def _check_data(path: str, meta: dict, data_dir: str) -> None:
-    sha = _sha256(os.path.join(data_dir, META_FILE))
+    sha = sha256_file(os.path.join(data_dir, META_FILE))
     if meta.get("data_meta_sha256") != sha:
         raise DataError(f"{path}: made for the data {meta.get('data')!r} (meta.json sha256 "
                         f"{str(meta.get('data_meta_sha256'))[:12]}), not for {data_dir} ({read_meta(data_dir)['name']!r}, "
@@ -138,7 +118,7 @@ def load(path: str, data_dir: str, split: str = "train") -> TeacherCache:
         raise DataError(f"{path}: {len(missing)} of the {len(want)} {split} records of {data_dir} have no teacher "
                         f"output (first: {missing[0]})")
     rows = np.array([index[s] for s in want], np.int64)
-    key = {"teacher_outputs": os.path.abspath(path), "teacher_outputs_sha256": _sha256(path), **meta}
+    key = {"teacher_outputs": os.path.abspath(path), "teacher_outputs_sha256": sha256_file(path), **meta}
     return TeacherCache(np.array([s.encode() for s in want], dtype=object),
                         {k: v[rows] for k, v in outputs.items()}, key, path)
 
