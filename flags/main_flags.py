@@ -82,6 +82,9 @@ flags.DEFINE_enum("lr_schedule", None, ["step", "cosine"], "step: × --lr_decay_
 flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up (cosine schedule).", lower_bound=0)
 flags.DEFINE_float("lr_scratch", None, "Learning rate of networks trained from scratch.", lower_bound=0)
 flags.DEFINE_float("lr_init", None, "Learning rate of initialized networks.", lower_bound=0)
+flags.DEFINE_float("lr_transfer", None, "Learning rate of the align/verify teacher and the students initialized "
+                   "from another stage (0: --lr_init): a new task head learns from a trunk trained for another task.",
+                   lower_bound=0)
 flags.DEFINE_integer("lr_decay_epochs", None, "Step decay every this many epochs.", lower_bound=1)
 flags.DEFINE_float("lr_decay_factor", None, "Multiplier of each step decay.", lower_bound=0)
 flags.DEFINE_float("momentum", None, "Nesterov momentum.", lower_bound=0)

@@ -13,7 +13,7 @@ paper  the paper's hyper-parameters (Section 5): 224 px crops of 256 px images, 
 
 # The short-run recipe of quick and smoke (keras_kd/training.py).
 SHORT_RUN = dict(optimizer="adamw", lr_schedule="cosine", warmup_epochs=0.3, weight_decay=0.01,
-                 lr_scratch=3e-3, lr_init=1e-3, landmark_head="spatial")
+                 lr_scratch=3e-3, lr_init=1e-3, lr_transfer=3e-3, landmark_head="spatial")
 
 PRESETS = {
     "smoke": dict(
@@ -24,12 +24,13 @@ PRESETS = {
     "quick": dict(
         image_size=48, students=["8"], batch_size=32, align_batch_size=32, ids_per_batch=8,
         images_per_id=4, teacher_epochs=2, student_epochs=2, fitnet_epochs=1, transfer_epochs=1,
-        teacher_transfer_epochs=2, pretrain_epochs=2, synthetic_identities=60, synthetic_images=80,
+        teacher_transfer_epochs=4, pretrain_epochs=2, synthetic_identities=60, synthetic_images=80,
         synthetic_size=56, verify_softmax=["on"], **SHORT_RUN),
     "paper": dict(
         image_size=224, students=["2", "4", "8"], batch_size=256, align_batch_size=64, ids_per_batch=32,
         images_per_id=4, teacher_epochs=60, student_epochs=60, fitnet_epochs=10, transfer_epochs=60,
-        pretrain_epochs=60, lr_scratch=0.1, lr_init=0.01, lr_decay_epochs=30, lr_decay_factor=0.1,
+        pretrain_epochs=60, lr_scratch=0.1, lr_init=0.01, lr_transfer=0.0, lr_decay_epochs=30,
+        lr_decay_factor=0.1,
         temperature=3.0, tau2=False, margin=0.4, synthetic_identities=500, synthetic_images=100,
         synthetic_size=256, optimizer="sgd", lr_schedule="step", warmup_epochs=0.0, weight_decay=1e-4,
         landmark_head="pooled"),

@@ -47,6 +47,7 @@ class Config:
     images_per_id: int = 4
     lr_scratch: float = 0.1
     lr_init: float = 0.01
+    lr_transfer: float = 0.0               # align/verify teacher and initialized students; 0 = lr_init
     lr_decay_epochs: int = 30
     lr_decay_factor: float = 0.1
     momentum: float = 0.9

@@ -2,12 +2,12 @@
 the head's final fully-connected layer, the paper's hidden layer and the β target of transfer distillation.
 
 The classification and embedding heads read the pooled features (K = "hidden", as the paper). Landmarks
-come in two kinds: the paper's `pooled` regression R = fc(K) on the pooled features, and the `spatial` one
-(the quick preset's default), which reads the last stage's map before pooling: a 1×1 convolution to
-SPATIAL_CHANNELS channels, flattened, is K, and fc(K) the landmarks. Pooling throws away where on the map
-a feature fired, which is most of what a landmark's position is; in short runs the pooled head stays near
-the mean face. SPATIAL_CHANNELS is the same at every width, so teacher and student K match without an
-adapter.
+come in three kinds: the paper's `pooled` regression R = fc(K) on the pooled features; the `spatial` one
+(the quick preset's default), which reads the stride-8 map of SPATIAL_STAGE: a 1×1 convolution to
+SPATIAL_CHANNELS channels, flattened, is K, and fc(K) the landmarks; and `heatmap` (soft-argmax). Pooling
+throws away where on the map a feature fired, which is most of what a landmark's position is; the last
+stage's 2×2 map at 48 px keeps too little of it (docs/recipe.md, section 7, measures each). SPATIAL_CHANNELS
+is the same at every width, so teacher and student K match without an adapter.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def logits(hidden, num_classes: int):
 
 
 SPATIAL_CHANNELS = 32
+SPATIAL_STAGE = "stage2"  # stride 8: 6×6 at 48 px, 28×28 at 224 px
 HEATMAP_CHANNELS = 64
 LANDMARK_HEADS = ("heatmap", "spatial", "pooled")
 
@@ -50,7 +51,7 @@ def landmarks(feats, landmark_head: str = "pooled", **_):
         k = keras.layers.Flatten(name="landmarks_k")(maps)
         return SoftArgmax(name="landmarks")(maps), k
     if landmark_head == "spatial":
-        x = keras.layers.Conv2D(SPATIAL_CHANNELS, 1, name="landmarks_reduce")(feats["stage4"])
+        x = keras.layers.Conv2D(SPATIAL_CHANNELS, 1, name="landmarks_reduce")(feats[SPATIAL_STAGE])
         x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="landmarks_reduce_bn")(x)
         x = keras.layers.ReLU(name="landmarks_reduce_relu")(x)
         k = keras.layers.Flatten(name="landmarks_k")(x)

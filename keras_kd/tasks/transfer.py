@@ -22,9 +22,9 @@ class TransferTask(Task):
     def plan(self, cfg: Config) -> list:
         t = self.name
         stages = []
+        lr = cfg.lr_transfer or cfg.lr_init
         for suffix, softmax in self.variants(cfg):
-            teacher = Stage(t, "teacher" + suffix, 1, "classify", cfg.teacher_transfer_epochs or cfg.transfer_epochs,
-                            cfg.lr_init,
+            teacher = Stage(t, "teacher" + suffix, 1, "classify", cfg.teacher_transfer_epochs or cfg.transfer_epochs, lr,
                             init_from=("classify", "teacher"), softmax=softmax)
             stages.append(teacher)
             for d in cfg.students:
@@ -37,12 +37,12 @@ class TransferTask(Task):
                     for a, b in cfg.ab_grid:
                         stages.append(Stage(
                             t, f"student_d{d}_{init}_a{a:g}b{b:g}{suffix}", d, init, cfg.transfer_epochs,
-                            cfg.lr_init, init_from=start, teacher=(t, teacher.name),
+                            lr, init_from=start, teacher=(t, teacher.name),
                             targets=tuple((n, w) for n, w in (("soft", a), ("hidden", b)) if w),
                             softmax=softmax))
                 for terms in self.method_terms(cfg):
                     name = methods.paper_name(terms) or methods.spec_name(terms)
                     stages.append(Stage(t, f"student_d{d}_distill_{name}{suffix}", d, "distill",
-                                        cfg.transfer_epochs, cfg.lr_init, init_from=distilled,
+                                        cfg.transfer_epochs, lr, init_from=distilled,
                                         teacher=(t, teacher.name), targets=tuple(terms), softmax=softmax))
         return unique_stages(stages)
