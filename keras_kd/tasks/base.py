@@ -66,6 +66,11 @@ class Task:
     def plan(self, cfg: Config) -> list:
         raise NotImplementedError
 
+    def settings(self, stage: Stage, cfg: Config) -> dict:
+        """This task's flags that shape a stage (its loss, its heads), by name: part of the signature a
+        saved stage is reused by (stages.py), so only what changes the trained network belongs here."""
+        return {}
+
     def labels_index_classes(self, cfg: Config) -> bool:
         """Whether this task's identity labels are the classes of the classification head every network
         keeps: true when it trains on the classification data. Losses that read labels (DKD) need it."""

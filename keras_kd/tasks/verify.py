@@ -24,6 +24,10 @@ class Verify(TransferTask):
         pk = cfg.ids_per_batch * cfg.images_per_id
         return input_config(cfg, pk, pk=(cfg.ids_per_batch, cfg.images_per_id) if training else None)
 
+    def settings(self, stage, cfg):
+        return {"margin": cfg.margin, "mining": cfg.mining, "softmax": stage.softmax,
+                "embedding_dim": cfg.embedding_dim}
+
     def task_loss(self, stage: Stage, cfg: Config):
         def loss(y, s):
             value = losses.triplet(y["label"], s["embedding"], cfg.margin, cfg.mining)
