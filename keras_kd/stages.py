@@ -411,7 +411,7 @@ class Runner:
                               steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
-                                              teacher_outputs=cache))
+                                              teacher_outputs=cache, log=self.log))
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], "teacher_source": self._teacher_identity(stage),

@@ -7,6 +7,7 @@ saving, reuse and reporting are shared (stages.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -125,9 +126,11 @@ class Task:
 
 
 def input_config(cfg: Config, batch_size: int, **kw) -> pipeline.InputConfig:
-    """The pipeline settings every task shares (input size, seed, corrupt-record policy)."""
+    """The pipeline settings every task shares (input size, seed, corrupt-record policy, image cache: on
+    disk under the run's model_dir, which is writable where a shared data directory may not be)."""
     return pipeline.InputConfig(image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
-                                skip_corrupt=cfg.skip_corrupt, **kw)
+                                skip_corrupt=cfg.skip_corrupt, cache=cfg.cache,
+                                cache_dir=os.path.join(cfg.model_dir, pipeline.CACHE_DIR), **kw)
 
 
 def unique_stages(stages: Iterable[Stage]) -> List[Stage]:
