@@ -207,6 +207,10 @@ class Runner:
                     s.name: s for s in TASKS[r[0]].plan(self.cfg)}.get(r[1]))
             except ValueError as e:
                 raise StageError(f"{task} plan: {e}") from None
+            pk = t.batch_config(self.cfg, training=True).pk
+            problem = pk and pipeline.pk_split_problem(*pk, self.strategy.num_replicas_in_sync)
+            if problem:
+                raise StageError(f"{task} plan: {problem}")
             self._plans[task] = {s.name: s for s in stages}
             if self.external is not None:
                 for s in stages:

@@ -245,3 +245,13 @@ def test_disk_cache_is_a_file_under_the_given_folder_and_serves_the_same_images(
     open(path + "_0.lockfile", "w").close()
     os.remove(path + ".index")
     assert len(list(pipeline.make_dataset(data_dir, "test", cfg, training=False, log=lambda _: None))) == len(written)
+
+
+def test_pk_batches_are_shared_among_replicas_by_whole_identities():
+    assert pipeline.pk_split_problem(3, 4, 1) is None
+    assert pipeline.pk_split_problem(8, 4, 2) is None and pipeline.pk_split_problem(4, 4, 2) is None
+    assert pipeline.pk_split_problem(6, 4, 4) == (
+        "--ids_per_batch=6 × --images_per_id=4 over 4 replicas: each replica would get 6 images, not whole "
+        "identities of 4 (its triplets are mined in its share alone); use an --ids_per_batch that is a "
+        "multiple of 4 and at least 8")
+    assert "not two identities or more" in pipeline.pk_split_problem(2, 4, 2)  # one identity: no negative

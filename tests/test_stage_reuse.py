@@ -159,3 +159,4 @@ def test_main_stops_with_one_line_naming_the_changed_flag(data_dir, tmp_path, pa
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("error: stage classify/student_d8_label_soft: saved with alpha=1.0 (now 2.0); use "
                        "--overwrite to retrain or another --model_dir")
+

@@ -209,6 +209,23 @@ def _cache_file(data_dir: str, split: str, cfg: InputConfig, input_context) -> s
     return path
 
 
+def pk_split_problem(p: int, k: int, replicas: int) -> Optional[str]:
+    """Why P×K batches cannot be shared among `replicas` without splitting an identity, or None.
+
+    Each replica gets P·K / replicas consecutive images of a P×K block and mines its triplets in them alone:
+    that share must hold whole runs of K images, and at least two identities for a negative.
+    """
+    if replicas <= 1:
+        return None
+    share = p * k / replicas
+    if p % replicas == 0 and p // replicas >= 2:
+        return None
+    return (f"--ids_per_batch={p} × --images_per_id={k} over {replicas} replicas: each replica would get "
+            f"{share:g} images, not {'whole identities of ' + str(k) if p % replicas else 'two identities or more'}"
+            f" (its triplets are mined in its share alone); use an --ids_per_batch that is a multiple of "
+            f"{replicas} and at least {2 * replicas}")
+
+
 def _pk_groups(ds, p: int, k: int):
     """Reorders a shuffled, repeated stream into blocks of P identities × K images each.
 
