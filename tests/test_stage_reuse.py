@@ -105,7 +105,8 @@ def test_verification_settings_reach_its_stages_and_classification_is_unaffected
     for name in ("teacher", "student_d8_distill_a1b0"):
         _fake_saved(runner, "verify", name, metrics={"rank1": 0.5})
     changed, _ = _runner(data_dir, tmp_path, margin=0.2)
-    with pytest.raises(StageError, match=r"^stage verify/student_d8_distill_a1b0: saved with margin=0\.4 \(now 0\.2\); "):
+    with pytest.raises(StageError, match=r"^stage verify/student_d8_distill_a1b0: saved with margin=0\.4 "
+                                         r"\(now 0\.2\); "):
         changed.ensure("verify", "student_d8_distill_a1b0")
     changed.ensure("classify", "student_d8_label_soft")  # no margin in classification
 
