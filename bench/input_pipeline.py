@@ -63,10 +63,10 @@ def variants(data_dir: str, cfg: pipeline.InputConfig, classes: int) -> dict:
     return {
         "default": make(),
         "+ teacher cache": make(teacher_outputs=fake_cache(data_dir, classes)),
-        "no image cache": make(dataclasses.replace(cfg, cache=False)),
+        "no image cache": make(dataclasses.replace(cfg, cache="off")),
         "deterministic": with_options(make(), deterministic=True),
         "1 thread": with_options(make(), threads=1),
-        "no image cache, 1 thread": with_options(make(dataclasses.replace(cfg, cache=False)), threads=1),
+        "no image cache, 1 thread": with_options(make(dataclasses.replace(cfg, cache="off")), threads=1),
     }
 
 

@@ -42,6 +42,10 @@ flags.DEFINE_integer("backup_steps", 0, "Back up the training state every N step
                      lower_bound=0)
 flags.DEFINE_bool("skip_corrupt", False, "Skip unreadable records (CRC errors, undecodable images, labels "
                   "out of range) instead of stopping; they are counted and listed in the log first.")
+flags.DEFINE_enum("cache", "auto", ["auto", "memory", "disk", "off"],
+                  "Decoded, resized images kept between epochs: auto (in memory when a split fits a quarter of "
+                  "the RAM, else streamed from the shards), memory, disk (files under <model_dir>/data_cache/) "
+                  "or off (decoded every epoch).")
 flags.DEFINE_enum("teacher_cache", "off", ["off", "memory", "disk"],
                   "Compute the teacher's logits and hidden layer once per training image (un-augmented centre "
                   "crop) instead of in every step: memory (this run) or disk (<data>/teacher_cache/, reused "

@@ -1,9 +1,10 @@
 """Stages: train each network of an experiment once, save it under its name, reuse it everywhere.
 
     runs/<task>/stages/<name>.weights.h5   the student (or teacher) network alone, never the Distiller
-    runs/<task>/stages/<name>.json         its results record, training history and the shapes it needs
+    runs/<task>/stages/<name>.json         its results record, training history, shapes and signature
     runs/<task>/stages/<name>.eval.npz     evaluation arrays for plots (CED errors, ROC)
     runs/<task>/results.json|results.md    the experiment's table; training_curves.png, ced.png, roc.png
+    runs/<task>/config.json                the whole Config of the run that wrote results.json
     runs/<task>/logs/<name>/               TensorBoard
     runs/<task>/backup/<name>/             training state of an unfinished stage (BackupAndRestore)
     runs/.workers/worker-<i>/              other workers' copies in a multi-worker run (distribute.py)
@@ -11,6 +12,12 @@
 A stage needs the stages it starts from (`init_from`) and learns from (`teacher`), in any task: alignment
 asks for the classification teacher and the distilled classification students, which are trained first
 when `runs/classify` lacks them and reused when it has them.
+
+A saved stage is reused only when its record's `signature` (everything that shaped its weights: targets and
+their weights, epochs, learning rate and optimizer, the task's loss settings, batches, data, seed, and the
+signatures of the stages it started from and learned from, nested) equals the one the current flags give;
+otherwise the run stops and says which settings differ. A record without one (written before signatures)
+cannot be vouched for and is refused the same way.
 
 A killed run loses at most the work since the last backup: run the same command again and finished stages
 are reused, the interrupted one resumes from its backup, the rest run as planned. Every file a later run
@@ -29,11 +36,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import distribute, results, training
+from keras_kd import distribute, results, seeds, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
-from keras_kd.distill import teacher_cache
+from keras_kd.distill import methods, teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
@@ -159,6 +166,7 @@ class Runner:
         self._plans: Dict[str, Dict[str, Stage]] = {}
         self._metas: Dict[str, dict] = {}
         self._records: Dict[tuple, dict] = {}
+        self._signatures: Dict[tuple, dict] = {}
         self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
         # --teacher / --teacher_outputs: the teacher of every teacher stage, none trained.
         self.external = external.ExternalTeacher(cfg) if (cfg.teacher or cfg.teacher_outputs) else None
@@ -199,6 +207,10 @@ class Runner:
                     s.name: s for s in TASKS[r[0]].plan(self.cfg)}.get(r[1]))
             except ValueError as e:
                 raise StageError(f"{task} plan: {e}") from None
+            pk = t.batch_config(self.cfg, training=True).pk
+            problem = pk and pipeline.pk_split_problem(*pk, self.strategy.num_replicas_in_sync)
+            if problem:
+                raise StageError(f"{task} plan: {problem}")
             self._plans[task] = {s.name: s for s in stages}
             if self.external is not None:
                 for s in stages:
@@ -246,6 +258,7 @@ class Runner:
                 record = json.load(f)
             self._check_compatible(stage, record)
             self._check_same_teacher(stage, record)
+            self._check_signature(stage, record)
             self.log(f"[stage] {task}/{name}: reusing {self.path(stage, '.weights.h5')} "
                      f"({_fmt(record.get('metrics', {}))})")
             return record
@@ -276,6 +289,67 @@ class Runner:
         if record.get("teacher_source", old) != want:
             raise StageError(f"{self.path(stage, '.json')}: distilled from {record.get('teacher_source')} "
                              f"(now {want}); use another --model_dir or --overwrite")
+
+    def signature(self, stage: Stage) -> dict:
+        """Everything that shaped the stage's weights, as the current flags give it (JSON types).
+
+        Its init and teacher stages appear as their own signatures, nested (an external teacher as its
+        identity), so a change anywhere upstream changes every stage downstream of it.
+        """
+        key = (stage.task, stage.name)
+        if key in self._signatures:
+            return self._signatures[key]
+        cfg, task = self.cfg, TASKS[stage.task]
+        train_cfg = task.batch_config(cfg, training=True)
+        weights = dict(stage.targets)
+        sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor, "init": stage.init,
+               "epochs": stage.epochs, "lr": stage.lr, "task_loss": stage.task_loss,
+               "alpha": weights.pop("soft", 0.0), "beta": weights.pop("hidden", 0.0),
+               **{f"target.{n}": w for n, w in weights.items()}}
+        for name, _ in stage.targets:
+            sig.update(methods.settings(name, cfg))
+        sig.update(task.settings(stage, cfg))
+        sig.update(training.settings(cfg))
+        sig.update(image_size=cfg.image_size, batch_size=train_cfg.batch_size, augment=train_cfg.augment,
+                   flip=train_cfg.flip, shuffle_buffer=train_cfg.shuffle_buffer)
+        if train_cfg.pk:
+            sig.update(ids_per_batch=train_cfg.pk[0], images_per_id=train_cfg.pk[1])
+        sig.update(data=self.meta(stage.task)["name"], num_classes=self.num_classes, seed=cfg.seed)
+        for field, dep in self._deps(stage):
+            upstream = self.stage(*dep)
+            sig[field] = (self.external.identity if self.external is not None and upstream.role == "teacher"
+                          else self.signature(upstream))
+        self._signatures[key] = sig = json.loads(json.dumps(sig))
+        return sig
+
+    @staticmethod
+    def _deps(stage: Stage) -> List[tuple]:
+        """(field, stage ref) of the stages whose weights shape this one: its init, and its teacher when a
+        target reads it."""
+        return [(f, d) for f, d in (("init_from", stage.init_from),
+                                    ("teacher", stage.teacher if stage.targets else None)) if d is not None]
+
+    def _trained_signature(self, stage: Stage) -> dict:
+        """The signature a freshly trained stage records: the current one, with the signatures its init and
+        teacher stages actually carry (a teacher shared across --seeds carries the first seed's)."""
+        sig = dict(self.signature(stage))
+        for field, dep in self._deps(stage):
+            if "signature" in self._records.get(dep, {}):
+                sig[field] = self._records[dep]["signature"]
+        return sig
+
+    def _check_signature(self, stage: Stage, record: dict) -> None:
+        label = f"{stage.task}/{stage.name}"
+        if not isinstance(record.get("signature"), dict):
+            raise StageError(f"stage {label}: saved without a signature (by a keras-kd before signatures), so "
+                             "what it was trained with is unknown; use --overwrite to retrain or another "
+                             "--model_dir")
+        # With --seeds and shared teachers, a teacher stage was trained with the first seed (seeds.py).
+        shared = bool(self.cfg.seeds) and self.cfg.share_teacher
+        diffs = signature_diff(record["signature"], self.signature(stage), shared)
+        if diffs:
+            raise StageError(f"stage {label}: saved with {', '.join(diffs)}; use --overwrite to retrain or "
+                             "another --model_dir")
 
     def _external_record(self, stage: Stage) -> dict:
         """The external teacher's row: evaluated on the task's test split as far as its outputs allow."""
@@ -341,10 +415,11 @@ class Runner:
                               steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
-                                              teacher_outputs=cache))
+                                              teacher_outputs=cache, log=self.log))
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], "teacher_source": self._teacher_identity(stage),
+            "signature": self._trained_signature(stage),
             **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
         guard = _NanGuard()
         epoch_log = _EpochLog(os.path.join(self.backup_dir(stage, self.root), "history.json"), write=True)
@@ -379,7 +454,7 @@ class Runner:
             "metrics": {k: float(v) for k, v in metrics.items()},
             "epochs": stage.epochs, "train_seconds": round(seconds, 1), "seed": cfg.seed,
             "image_size": cfg.image_size, "num_classes": self.num_classes, "data": meta["name"],
-            "evaluate": stage.evaluate, "history": hist,
+            "evaluate": stage.evaluate, "history": hist, "signature": self._trained_signature(stage),
         }
         if resumed:
             record["resumed_at_epoch"] = resumed[0][0] + 1
@@ -508,8 +583,9 @@ class Runner:
         res.data.update(task=task, data=self.meta(task)["name"], preset=self.cfg.preset, seed=self.cfg.seed)
         for rec in records:
             if rec.get("evaluate", True):
-                res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate", "data")})
+                res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate", "data", "signature")})
         if self.worker == 0:
+            _atomic_json(os.path.join(out_dir, "config.json"), dataclasses.asdict(self.cfg))
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
             results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks
@@ -534,6 +610,39 @@ def _naming_bad_records(data_dir: str, num_classes: Optional[int] = None):
         if culprit is None:
             raise
         raise DataError(culprit) from None
+
+
+def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> List[str]:
+    """`KEY=old (now new)` for each setting that differs, upstream stages' included.
+
+    A difference in an init or teacher stage says where (`lr=0.003 (now 0.01) in classify/teacher`); one
+    shared by the stage and its upstream stages is said once. With `shared_teachers`, a teacher stage's
+    seed is not compared: every seed's run distils from the first seed's teacher.
+    """
+    found: Dict[tuple, List[str]] = {}
+
+    def walk(a: dict, b: dict, where: str) -> None:
+        for k in list(dict.fromkeys([*b, *a])):
+            if k == "stage" or (k == "seed" and shared_teachers
+                                and where.split("/")[-1].startswith(seeds.TEACHER_PREFIX)):
+                continue
+            old, new = a.get(k), b.get(k)
+            if isinstance(old, dict) and isinstance(new, dict) and old.get("stage") == new.get("stage"):
+                walk(old, new, new.get("stage", k))
+            elif old != new:
+                found.setdefault((k, _short(old), _short(new)), []).append(where)
+
+    walk(saved, want, want.get("stage", ""))
+    own = want.get("stage", "")
+    return [f"{k}={old} (now {new})" + ("" if own in where else f" in {', '.join(dict.fromkeys(where))}")
+            for (k, old, new), where in found.items()]
+
+
+def _short(value) -> str:
+    """A setting as the error line shows it; an upstream stage by its name, a setting not used as unset."""
+    if value is None:
+        return "unset"
+    return value.get("stage", "?") if isinstance(value, dict) else repr(value)
 
 
 def synthetic_dir(cfg: Config, root: str) -> str:

@@ -36,6 +36,20 @@ def schedule(cfg: Config, lr: float, steps_per_epoch: int, epochs: int):
         bounds, [lr * cfg.lr_decay_factor ** i for i in range(len(bounds) + 1)])
 
 
+def settings(cfg: Config) -> dict:
+    """The flags `optimizer` and `schedule` read for this optimizer and schedule, by name: what a stage's
+    record keeps so that it is not reused after one of them changed (others, e.g. momentum under AdamW,
+    change nothing and are left out)."""
+    out = {"optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay, "lr_schedule": cfg.lr_schedule}
+    if cfg.optimizer == "sgd":
+        out["momentum"] = cfg.momentum
+    if cfg.lr_schedule == "cosine":
+        out["warmup_epochs"] = cfg.warmup_epochs
+    else:
+        out.update(lr_decay_epochs=cfg.lr_decay_epochs, lr_decay_factor=cfg.lr_decay_factor)
+    return out
+
+
 def optimizer(cfg: Config, lr: float, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
     rate = schedule(cfg, lr, steps_per_epoch, epochs)
     if cfg.optimizer == "sgd":

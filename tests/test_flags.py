@@ -34,7 +34,8 @@ def test_paper_preset_follows_the_paper():
 
 
 @pytest.mark.parametrize("argv", [["--students=0"], ["--students=a"], ["--ab_grid=0:x"], ["--preset=huge"],
-                                  ["--verify_softmax=maybe"], ["--scratch_targets=dark"], ["--image_size=8"]])
+                                  ["--verify_softmax=maybe"], ["--scratch_targets=dark"], ["--image_size=8"],
+                                  ["--cache=ram"]])
 def test_bad_values_are_refused(parse, argv):
     with pytest.raises(flags.Error):
         parse(*argv)

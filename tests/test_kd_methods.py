@@ -712,3 +712,17 @@ def test_relational_terms_are_averaged_over_replicas_under_mirrored_strategy():
     assert abs(r["global_batch"] - r["by_hand"]) > 1e-3  # per-replica ≠ global-batch relations: not vacuous
     np.testing.assert_allclose(r["loss"], r["by_hand"], rtol=1e-5)
     assert r["change"] > 1e-3 and r["diff"] < 1e-4, r
+
+
+def test_joint_softmax_verification_on_other_data_than_the_classes_is_refused(tmp_path):
+    """The softmax variant's labels must index the classification head's classes, as DKD's must."""
+    cfg = Config(students=(8,), verify_softmax=(False, True), data="/faces/celeba", cls_data="/faces/casia",
+                 model_dir=str(tmp_path))
+    runner = Runner(cfg, strategy=tf.distribute.get_strategy(), log=lambda *_: None)
+    with pytest.raises(StageError, match=r"^verify plan: --verify_softmax=on trains the classification head on "
+                                         r"the identity labels of --data=/faces/celeba, but that head's classes "
+                                         r"are those of --cls_data=/faces/casia; use --verify_softmax=off"):
+        runner.plan("verify")
+    assert not any(s.softmax for s in TASKS["verify"].plan(cfg.replace(verify_softmax=(False,))))
+    assert any(s.softmax for s in TASKS["verify"].plan(cfg.replace(cls_data="/faces/celeba")))
+    assert TASKS["align"].plan(cfg)  # alignment has no softmax to guard

@@ -1,5 +1,6 @@
 """The tf.data pipeline on a tiny synthetic set: batches, exact eval geometry, flips, P×K batches."""
 import collections
+import os
 import re
 
 import numpy as np
@@ -192,3 +193,65 @@ def test_images_of_any_size_are_resized_to_the_model_input(tmp_path):
     cfg = pipeline.InputConfig(32, 3)
     centre = (cfg.resize_size / 2 - (cfg.resize_size - 32) // 2) / 32  # image centre, in the centre crop
     np.testing.assert_allclose(targets["landmarks"].numpy(), centre, atol=1e-5)
+
+
+# ---- the image cache (--cache) -----------------------------------------------------------------------------
+def _cache_ops(ds):
+    """The CacheDataset nodes of a dataset's graph, with their file name ('' = memory)."""
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(ds._as_serialized_graph().numpy())
+    consts = {n.name: n.attr["value"].tensor.string_val for n in graph.node if n.op == "Const"}
+    return [b"".join(consts.get(n.input[1].split(":")[0], [b"?"])).decode() for n in graph.node
+            if n.op.startswith("CacheDataset")]
+
+
+def test_auto_caches_in_memory_only_what_fits_the_budget(data_dir):
+    n = 18 * RESIZE * RESIZE * 3  # the train split decoded: 18 images of 37×37×3 bytes
+    assert pipeline.choose_cache("auto", data_dir, "train", RESIZE, budget=n)[0] == "memory"
+    mode, why = pipeline.choose_cache("auto", data_dir, "train", RESIZE, budget=n - 1)
+    assert mode == "off" and "exceeds" in why
+    for given in ("memory", "disk", "off"):
+        assert pipeline.choose_cache(given, data_dir, "train", RESIZE, budget=1)[0] == given
+    assert pipeline.memory_budget() > 0
+    with pytest.raises(ValueError, match="cache must be one of auto, memory, disk, off"):
+        pipeline.choose_cache("ram", data_dir, "train", RESIZE)
+
+
+def test_a_split_larger_than_the_budget_is_streamed_not_cached(data_dir):
+    logs = []
+    big = pipeline.make_dataset(data_dir, "train", _cfg(4, cache="auto", cache_budget=1000), training=True,
+                                log=logs.append)
+    assert _cache_ops(big) == [] and next(iter(big))[0].shape == (4, SIZE, SIZE, 3)
+    assert logs == [f"[data] {data_dir} train: streamed, not cached (--cache=auto: 0.1 MiB decoded exceeds the "
+                    "0 MiB budget)"]
+    small = pipeline.make_dataset(data_dir, "train", _cfg(4, cache="auto", cache_budget=10**9), training=True,
+                                  log=logs.append)
+    assert _cache_ops(small) == [""] and "cached on memory" in logs[-1]
+    pipeline.make_dataset(data_dir, "train", _cfg(4, cache="auto", cache_budget=10**9), training=True,
+                          log=logs.append)
+    assert len(logs) == 2  # once per split and choice
+
+
+def test_disk_cache_is_a_file_under_the_given_folder_and_serves_the_same_images(data_dir, tmp_path):
+    cfg = _cfg(4, cache="disk", cache_dir=str(tmp_path / "cache"))
+    first = pipeline.make_dataset(data_dir, "test", cfg, training=False, log=lambda _: None)
+    (path,) = _cache_ops(first)
+    assert path.startswith(str(tmp_path / "cache" / "test-"))
+    written = [x.numpy() for x, _ in first]
+    assert os.path.exists(path + ".index")  # complete after one pass: later runs read it
+    again = [x.numpy() for x, _ in pipeline.make_dataset(data_dir, "test", cfg, training=False, log=lambda _: None)]
+    np.testing.assert_array_equal(np.concatenate(written), np.concatenate(again))
+    # A lock left by a killed run does not stop the next one.
+    open(path + "_0.lockfile", "w").close()
+    os.remove(path + ".index")
+    assert len(list(pipeline.make_dataset(data_dir, "test", cfg, training=False, log=lambda _: None))) == len(written)
+
+
+def test_pk_batches_are_shared_among_replicas_by_whole_identities():
+    assert pipeline.pk_split_problem(3, 4, 1) is None
+    assert pipeline.pk_split_problem(8, 4, 2) is None and pipeline.pk_split_problem(4, 4, 2) is None
+    assert pipeline.pk_split_problem(6, 4, 4) == (
+        "--ids_per_batch=6 × --images_per_id=4 over 4 replicas: each replica would get 6 images, not whole "
+        "identities of 4 (its triplets are mined in its share alone); use an --ids_per_batch that is a "
+        "multiple of 4 and at least 8")
+    assert "not two identities or more" in pipeline.pk_split_problem(2, 4, 2)  # one identity: no negative

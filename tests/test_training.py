@@ -51,3 +51,36 @@ def test_auto_strategy_on_cpu_is_the_default_one():
         pytest.skip("a GPU is visible")
     assert distribute.get_strategy("auto") is tf.distribute.get_strategy()
     assert isinstance(distribute.get_strategy("one_device"), tf.distribute.OneDeviceStrategy)
+
+
+def test_weight_decay_skips_every_batch_norm_and_bias_of_a_resnet_with_every_head():
+    """The exclusion goes by variable name: no kernel of the real network may match it, no γ/β/bias escape it."""
+    from keras_kd.models import resnet
+
+    model = resnet.build_model(8, 32, 10, ("landmarks", "embedding"), 16, landmark_head="spatial")
+    spared = {id(v) for layer in model.layers for v in layer.trainable_weights
+              if isinstance(layer, keras.layers.BatchNormalization) or v is getattr(layer, "bias", None)}
+    assert 0 < len(spared) < len(model.trainable_variables)
+    for name in training.OPTIMIZERS:
+        opt = training.optimizer(Config(optimizer=name, weight_decay=0.5), 0.1, 10, 1)
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+        for v, old in zip(model.trainable_variables, before):
+            moved = not np.array_equal(v.numpy(), old)
+            assert moved == (id(v) not in spared and bool(old.any())), (name, v.name)
+
+
+def test_verification_batches_that_replicas_would_split_mid_identity_are_refused(tmp_path):
+    """Checked where the strategy is known, before anything trains (a stand-in for 3 replicas)."""
+    from keras_kd.stages import Runner, StageError
+
+    class ThreeReplicas:
+        num_replicas_in_sync = 3
+
+    cfg = Config(model_dir=str(tmp_path), students=(8,), ids_per_batch=4, images_per_id=2)
+    runner = Runner(cfg, ThreeReplicas(), log=lambda _: None)
+    with pytest.raises(StageError, match=r"^verify plan: --ids_per_batch=4 × --images_per_id=2 over 3 replicas: "
+                                         r"each replica would get 2\.66667 images, not whole identities of 2"):
+        runner.plan("verify")
+    assert runner.plan("classify")  # no P×K batches there
+    assert Runner(cfg.replace(ids_per_batch=6), ThreeReplicas(), log=lambda _: None).plan("verify")

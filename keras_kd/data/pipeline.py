@@ -10,9 +10,14 @@ flip maps x → W − x (then left/right points swap).
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+import glob
+import hashlib
+import inspect
+import json
+import os
+from typing import Callable, List, Optional, Tuple
 
-from keras_kd.data.example import NUM_LANDMARKS, DataError, parse_example, shard_paths
+from keras_kd.data.example import META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta, shard_paths
 from keras_kd.keras import tf
 
 # Mirroring an image swaps left and right: eyes (0, 1) and mouth corners (3, 4); the nose (2) stays.
@@ -20,6 +25,9 @@ FLIP_PERMUTATION = (1, 0, 2, 4, 3)
 # The paper resizes to 256 and crops 224; other input sizes keep that proportion.
 CROP_RATIO = 224 / 256
 AUTOTUNE = tf.data.AUTOTUNE
+CACHE_MODES = ("auto", "memory", "disk", "off")
+CACHE_DIR = "data_cache"
+_announced: set = set()  # (data_dir, split, choice) already logged by this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +36,9 @@ class InputConfig:
     batch_size: int                       # global batch; divided among replicas by input_context
     augment: bool = True                  # random crop + flip (training only)
     flip: bool = True
-    cache: bool = True                    # keep decoded, resized images in memory (small sets)
+    cache: str = "auto"                   # decoded, resized images kept: auto | memory | disk | off (choose_cache)
+    cache_dir: str = ""                   # --cache=disk: where the cache files go ("" = <data_dir>/data_cache)
+    cache_budget: int = 0                 # --cache=auto: bytes it may hold in memory (0 = a quarter of RAM)
     shuffle_buffer: int = 4096
     seed: int = 0
     pk: Optional[Tuple[int, int]] = None  # (P identities, K images each) per batch, for triplet mining
@@ -107,8 +117,11 @@ def _interleave(files, training: bool, cfg: InputConfig):
 
 def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 repeat: Optional[bool] = None, teacher_outputs=None) -> tf.data.Dataset:
+                 repeat: Optional[bool] = None, teacher_outputs=None,
+                 log: Callable[[str], None] = print) -> tf.data.Dataset:
     """The one input function: serves `fit`, evaluation and `distribute_datasets_from_function`.
+
+    Decoded images are cached as `cfg.cache` says (`choose_cache`); `log` hears the choice once per split.
 
     `teacher_outputs` (a `distill.teacher_cache.TeacherCache`: source → {name: tensor}) adds the teacher's
     precomputed outputs of each record to its targets, as targets["teacher"].
@@ -119,8 +132,16 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
     ds = ds.map(lambda r: _decode(r, cfg.resize_size), num_parallel_calls=AUTOTUNE)
     if cfg.skip_corrupt:
         ds = ds.ignore_errors()  # records that do not parse or decode
-    if cfg.cache:
+    mode, why = choose_cache(cfg.cache, data_dir, split, cfg.resize_size, cfg.cache_budget)
+    if mode == "disk":
+        path = _cache_file(data_dir, split, cfg, input_context)
+        ds = ds.cache(path)
+        why = f"{why}: {path}"
+    elif mode == "memory":
         ds = ds.cache()
+    if (data_dir, split, mode, why) not in _announced:
+        _announced.add((data_dir, split, mode, why))
+        log(f"[data] {data_dir} {split}: {'streamed, not cached' if mode == 'off' else f'cached on {mode}'} ({why})")
     if repeat if repeat is not None else training:
         ds = ds.repeat()
     if training:
@@ -137,6 +158,72 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
     # training step itself: a ResNet-50 step at 48 px ran 2.4x slower with it on 2 cores (docs/recipe.md).
     options.autotune.enabled = False
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def memory_budget() -> int:
+    """A quarter of the machine's RAM: what --cache=auto lets decoded images take (2 GiB when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+def choose_cache(mode: str, data_dir: str, split: str, resize_size: int, budget: int = 0) -> Tuple[str, str]:
+    """(memory | disk | off, why) for a split: `auto` caches in memory only when the decoded split fits.
+
+    The decoded, resized split takes records × resize² × 3 bytes; a data set too large for the budget
+    (default a quarter of RAM) is streamed from the shards every epoch instead of filling memory until the
+    machine swaps or the process is killed. memory, disk and off are taken as given.
+    """
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode, f"--cache={mode}"
+    budget = budget or memory_budget()
+    need = int(read_meta(data_dir)["splits"].get(split, 0)) * resize_size * resize_size * 3
+    fits = need <= budget
+    return ("memory" if fits else "off"), (f"--cache=auto: {need / 2**20:.1f} MiB decoded "
+                                           f"{'fits' if fits else 'exceeds'} the {budget / 2**20:.0f} MiB budget")
+
+
+def _cache_file(data_dir: str, split: str, cfg: InputConfig, input_context) -> str:
+    """The --cache=disk file of this split, named by what its content depends on, so a changed data set,
+    size or decoder never reads another's images. A lock left by a killed run is removed (one run uses a
+    model_dir at a time); another worker of a multi-worker run has its own file."""
+    key = {"meta": hashlib.sha256(open(os.path.join(data_dir, META_FILE), "rb").read()).hexdigest(),
+           "shards": [[os.path.basename(p), os.path.getsize(p)] for p in shard_paths(data_dir, split)],
+           "resize_size": cfg.resize_size, "skip_corrupt": cfg.skip_corrupt,
+           "decode": hashlib.sha256(inspect.getsource(_decode).encode()).hexdigest()}
+    name = f"{split}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        name += f"-pipeline{input_context.input_pipeline_id}of{input_context.num_input_pipelines}"
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    if task:
+        name += f"-{task.get('type', 'worker')}{task.get('index', 0)}"
+    folder = cfg.cache_dir or os.path.join(data_dir, CACHE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    if not os.path.exists(path + ".index"):  # tf.data writes PATH_<n>.lockfile and temp files until complete
+        for stale in glob.glob(glob.escape(path) + "_[0-9]*"):
+            os.remove(stale)
+    return path
+
+
+def pk_split_problem(p: int, k: int, replicas: int) -> Optional[str]:
+    """Why P×K batches cannot be shared among `replicas` without splitting an identity, or None.
+
+    Each replica gets P·K / replicas consecutive images of a P×K block and mines its triplets in them alone:
+    that share must hold whole runs of K images, and at least two identities for a negative.
+    """
+    if replicas <= 1:
+        return None
+    share = p * k / replicas
+    if p % replicas == 0 and p // replicas >= 2:
+        return None
+    return (f"--ids_per_batch={p} × --images_per_id={k} over {replicas} replicas: each replica would get "
+            f"{share:g} images, not {'whole identities of ' + str(k) if p % replicas else 'two identities or more'}"
+            f" (its triplets are mined in its share alone); use an --ids_per_batch that is a multiple of "
+            f"{replicas} and at least {2 * replicas}")
 
 
 def _pk_groups(ds, p: int, k: int):

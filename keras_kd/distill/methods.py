@@ -213,6 +213,14 @@ def create(name: str, cfg: Any = None) -> KDLoss:
     return REGISTRY[name].from_config(cfg)
 
 
+def settings(name: str, cfg: Any) -> Dict[str, Any]:
+    """The Config fields a component reads (`--<prefix>_<field>`), by field name: what a stage trained with it
+    records, so that a change of, say, --dkd_beta is not reused as the same stage."""
+    cls = REGISTRY[ALIASES.get(name, name)]
+    keys = (f"{cls.prefix}_{f.name}" if cls.prefix else f.name for f in dataclasses.fields(cls))
+    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+
+
 def choices() -> List[str]:
     return list(REGISTRY) + list(ALIASES)
 

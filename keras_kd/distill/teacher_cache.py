@@ -175,7 +175,7 @@ class TeacherCache:
 def compute(teacher: keras.Model, data_dir: str, in_cfg: pipeline.InputConfig, key: dict,
             split: str = "train", batch_size: int = BUILD_BATCH) -> TeacherCache:
     """Runs the teacher (inference mode) over every ``split`` record's un-augmented view, once."""
-    cfg = dataclasses.replace(in_cfg, batch_size=batch_size, augment=False, flip=False, pk=None, cache=False)
+    cfg = dataclasses.replace(in_cfg, batch_size=batch_size, augment=False, flip=False, pk=None, cache="off")
     ds = pipeline.make_dataset(data_dir, split, cfg, training=False)
 
     @tf.function(reduce_retracing=True)

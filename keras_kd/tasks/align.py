@@ -29,6 +29,9 @@ class Align(TransferTask):
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
         return input_config(cfg, cfg.align_batch_size)
 
+    def settings(self, stage, cfg):
+        return {"landmark_head": cfg.landmark_head}
+
     def task_loss(self, stage: Stage, cfg: Config):
         def loss(y, s):
             # Images without landmarks (mixed data sets) contribute nothing.

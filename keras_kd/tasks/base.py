@@ -7,6 +7,7 @@ saving, reuse and reporting are shared (stages.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -66,6 +67,11 @@ class Task:
     def plan(self, cfg: Config) -> list:
         raise NotImplementedError
 
+    def settings(self, stage: Stage, cfg: Config) -> dict:
+        """This task's flags that shape a stage (its loss, its heads), by name: part of the signature a
+        saved stage is reused by (stages.py), so only what changes the trained network belongs here."""
+        return {}
+
     def labels_index_classes(self, cfg: Config) -> bool:
         """Whether this task's identity labels are the classes of the classification head every network
         keeps: true when it trains on the classification data. Losses that read labels (DKD) need it."""
@@ -120,9 +126,11 @@ class Task:
 
 
 def input_config(cfg: Config, batch_size: int, **kw) -> pipeline.InputConfig:
-    """The pipeline settings every task shares (input size, seed, corrupt-record policy)."""
+    """The pipeline settings every task shares (input size, seed, corrupt-record policy, image cache: on
+    disk under the run's model_dir, which is writable where a shared data directory may not be)."""
     return pipeline.InputConfig(image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
-                                skip_corrupt=cfg.skip_corrupt, **kw)
+                                skip_corrupt=cfg.skip_corrupt, cache=cfg.cache,
+                                cache_dir=os.path.join(cfg.model_dir, pipeline.CACHE_DIR), **kw)
 
 
 def unique_stages(stages: Iterable[Stage]) -> List[Stage]:

@@ -20,9 +20,25 @@ class Verify(TransferTask):
     def variants(self, cfg: Config):
         return [("_softmax" if s else "", s) for s in cfg.verify_softmax]
 
+    def plan(self, cfg: Config) -> list:
+        """The transfer plan; the joint softmax variant only where its labels are the head's classes.
+
+        Its softmax is the classification head every network keeps, whose classes are --cls_data's
+        identities: --data's labels would index someone else's classes (or none at all).
+        """
+        if any(cfg.verify_softmax) and not self.labels_index_classes(cfg):
+            raise ValueError(f"--verify_softmax=on trains the classification head on the identity labels of "
+                             f"--data={cfg.data}, but that head's classes are those of --cls_data={cfg.cls_data}; "
+                             "use --verify_softmax=off, or --cls_data equal to --data")
+        return super().plan(cfg)
+
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
         pk = cfg.ids_per_batch * cfg.images_per_id
         return input_config(cfg, pk, pk=(cfg.ids_per_batch, cfg.images_per_id) if training else None)
+
+    def settings(self, stage, cfg):
+        return {"margin": cfg.margin, "mining": cfg.mining, "softmax": stage.softmax,
+                "embedding_dim": cfg.embedding_dim}
 
     def task_loss(self, stage: Stage, cfg: Config):
         def loss(y, s):

@@ -1,0 +1,163 @@
+"""A saved stage is reused only when it was trained with the settings the current flags give (its signature).
+
+Saved stages are faked here (a record and an empty weights file: reuse reads the record, never the weights),
+so no network is trained; the end-to-end rerun of a trained model_dir is in test_main.py.
+"""
+import json
+import os
+
+import pytest
+
+from keras_kd.config import Config
+from keras_kd.data import synthetic
+from keras_kd.keras import tf
+from keras_kd.stages import Runner, StageError, signature_diff
+
+BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
+            student_epochs=1, transfer_epochs=1, pretrain_epochs=1, ab_grid=((1.0, 0.0),),
+            transfer_inits=("distill",), verify_softmax=(False,), ids_per_batch=2, images_per_id=2)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synthetic")
+    synthetic.write_synthetic(str(d), 4, 6, 40, seed=0, log=lambda *_: None)
+    return str(d)
+
+
+def _runner(data_dir, model_dir, **kw):
+    logs = []
+    cfg = Config(data=data_dir, model_dir=str(model_dir), **{**BASE, **kw})
+    return Runner(cfg, tf.distribute.get_strategy(), log=logs.append), logs
+
+
+def _fake_saved(runner, task, name, **record):
+    """Writes what a trained stage leaves (its record last), with the signature the runner's flags give."""
+    stage = runner.stage(task, name)
+    rec = {"name": name, "role": stage.role, "width_divisor": stage.width_divisor, "init": stage.init,
+           "targets": [n for n, _ in stage.targets], "method": stage.method, "alpha": stage.weight_of("soft"),
+           "beta": stage.weight_of("hidden"), "params": 1, "flops": 1, "metrics": {"top1": 0.5},
+           "epochs": stage.epochs, "train_seconds": 1.0, "seed": runner.cfg.seed,
+           "image_size": runner.cfg.image_size, "num_classes": runner.num_classes,
+           "data": runner.meta(task)["name"], "evaluate": stage.evaluate, "history": {},
+           "signature": runner.signature(stage), **record}
+    if rec["signature"] is None:
+        del rec["signature"]
+    os.makedirs(os.path.dirname(runner.path(stage, "")), exist_ok=True)
+    open(runner.path(stage, ".weights.h5"), "wb").close()
+    with open(runner.path(stage, ".json"), "w") as f:
+        json.dump(rec, f)
+    return rec
+
+
+def _save_classify(runner):
+    for name in ("teacher", "student_d8_label", "student_d8_label_soft"):
+        _fake_saved(runner, "classify", name)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"alpha": 2.0}, "alpha=1.0 (now 2.0)"),
+    ({"temperature": 4.0}, "temperature=3.0 (now 4.0)"),
+    ({"student_epochs": 20}, "epochs=1 (now 20)"),
+    ({"lr_init": 0.05}, "lr=0.01 (now 0.05)"),
+    ({"weight_decay": 0.5}, "weight_decay=0.0001 (now 0.5)"),
+    ({"seed": 3}, "seed=0 (now 3)"),
+])
+def test_a_stage_saved_with_other_settings_is_refused_naming_them(data_dir, tmp_path, change, message):
+    runner, _ = _runner(data_dir, tmp_path)
+    _save_classify(runner)
+    changed, _ = _runner(data_dir, tmp_path, **change)
+    with pytest.raises(StageError) as e:
+        changed.ensure("classify", "student_d8_label_soft")
+    assert str(e.value).startswith(f"stage classify/student_d8_label_soft: saved with {message}"), str(e.value)
+    assert str(e.value).endswith("; use --overwrite to retrain or another --model_dir")
+
+
+def test_the_same_settings_reuse_the_stage(data_dir, tmp_path):
+    runner, _ = _runner(data_dir, tmp_path)
+    _save_classify(runner)
+    again, logs = _runner(data_dir, tmp_path)
+    assert again.ensure("classify", "student_d8_label_soft")["metrics"] == {"top1": 0.5}
+    assert logs and "classify/student_d8_label_soft: reusing" in logs[-1]
+
+
+def test_a_setting_that_does_not_shape_the_stage_does_not_refuse_it(data_dir, tmp_path):
+    """Momentum is SGD's; --dkd_beta is DKD's: neither changes an AdamW-trained soft-target student."""
+    runner, _ = _runner(data_dir, tmp_path, optimizer="adamw", lr_schedule="cosine")
+    _save_classify(runner)
+    other, _ = _runner(data_dir, tmp_path, optimizer="adamw", lr_schedule="cosine", momentum=0.5, dkd_beta=2.0,
+                       backup_steps=5, verify_softmax=(True,))
+    assert other.ensure("classify", "student_d8_label_soft")["metrics"] == {"top1": 0.5}
+
+
+def test_a_change_upstream_names_the_stage_it_shaped(data_dir, tmp_path):
+    runner, _ = _runner(data_dir, tmp_path)
+    _save_classify(runner)
+    changed, _ = _runner(data_dir, tmp_path, lr_scratch=0.3)
+    with pytest.raises(StageError, match=r"^stage classify/student_d8_label_soft: saved with lr=0\.1 \(now 0\.3\) "
+                                         r"in classify/student_d8_label, classify/teacher; use --overwrite"):
+        changed.ensure("classify", "student_d8_label_soft")
+
+
+def test_verification_settings_reach_its_stages_and_classification_is_unaffected(data_dir, tmp_path):
+    runner, _ = _runner(data_dir, tmp_path)
+    _save_classify(runner)
+    for name in ("teacher", "student_d8_distill_a1b0"):
+        _fake_saved(runner, "verify", name, metrics={"rank1": 0.5})
+    changed, _ = _runner(data_dir, tmp_path, margin=0.2)
+    with pytest.raises(StageError, match=r"^stage verify/student_d8_distill_a1b0: saved with margin=0\.4 "
+                                         r"\(now 0\.2\); "):
+        changed.ensure("verify", "student_d8_distill_a1b0")
+    changed.ensure("classify", "student_d8_label_soft")  # no margin in classification
+
+
+def test_a_record_without_a_signature_is_refused(data_dir, tmp_path):
+    runner, _ = _runner(data_dir, tmp_path)
+    _fake_saved(runner, "classify", "teacher", signature=None)
+    with pytest.raises(StageError, match=r"^stage classify/teacher: saved without a signature .*; use --overwrite"):
+        runner.ensure("classify", "teacher")
+
+
+def test_a_shared_teacher_of_the_first_seed_is_reused_by_the_others(data_dir, tmp_path):
+    first, _ = _runner(data_dir, tmp_path / "seed0", seed=0, seeds=(0, 1))
+    _fake_saved(first, "classify", "teacher")
+    (tmp_path / "seed1" / "classify").mkdir(parents=True)
+    (tmp_path / "seed0" / "classify" / "stages").rename(tmp_path / "seed1" / "classify" / "stages")  # as shared
+    second, _ = _runner(data_dir, tmp_path / "seed1", seed=1, seeds=(0, 1))
+    second._records[("classify", "teacher")] = second.ensure("classify", "teacher")
+    # A student trained in seed 1 records its teacher as it is: trained with seed 0.
+    sig = second._trained_signature(second.stage("classify", "student_d8_label_soft"))
+    assert sig["seed"] == 1 and sig["teacher"]["seed"] == 0
+    assert signature_diff(sig, second.signature(second.stage("classify", "student_d8_label_soft")), True) == []
+    # Without sharing, the seed is the seed's own, and the teacher of seed 0 is not this seed's.
+    own, _ = _runner(data_dir, tmp_path / "seed1", seed=1, seeds=(0, 1), share_teacher=False)
+    with pytest.raises(StageError, match=r"^stage classify/teacher: saved with seed=0 \(now 1\); "):
+        own.ensure("classify", "teacher")
+
+
+def test_the_run_writes_its_config_and_results_keep_their_schema(data_dir, tmp_path):
+    from keras_kd import results
+
+    runner, _ = _runner(data_dir, tmp_path)
+    _save_classify(runner)
+    runner.run("classify")
+    assert json.loads((tmp_path / "classify" / "config.json").read_text()) == json.loads(json.dumps(
+        runner.cfg.__dict__))
+    data = json.loads((tmp_path / "classify" / "results.json").read_text())
+    results.validate(data)
+    assert not any("signature" in m for m in data["models"])
+
+
+def test_main_stops_with_one_line_naming_the_changed_flag(data_dir, tmp_path, parse, capsys):
+    import main
+
+    argv = ["--task=classify", "--preset=smoke", f"--data={data_dir}", f"--model_dir={tmp_path}",
+            "--cls_inits=label", "--noexport", "--verbose=0"]
+    runner = Runner(parse(*argv), tf.distribute.get_strategy(), log=lambda _: None)
+    _save_classify(runner)
+    parse(*argv, "--alpha=2")
+    assert main.main(["main.py"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: stage classify/student_d8_label_soft: saved with alpha=1.0 (now 2.0); use "
+                       "--overwrite to retrain or another --model_dir")
+
