@@ -24,7 +24,7 @@ PRESETS = {
     "quick": dict(
         image_size=48, students=["8"], batch_size=32, align_batch_size=32, ids_per_batch=8,
         images_per_id=4, teacher_epochs=2, student_epochs=2, fitnet_epochs=1, transfer_epochs=1,
-        teacher_transfer_epochs=4, pretrain_epochs=2, synthetic_identities=60, synthetic_images=80,
+        teacher_transfer_epochs=4, pretrain_epochs=4, synthetic_identities=60, synthetic_images=80,
         synthetic_size=56, verify_softmax=["on"], **SHORT_RUN),
     "paper": dict(
         image_size=224, students=["2", "4", "8"], batch_size=256, align_batch_size=64, ids_per_batch=32,

@@ -226,7 +226,7 @@ def test_a_split_larger_than_the_budget_is_streamed_not_cached(data_dir):
                     "0 MiB budget)"]
     small = pipeline.make_dataset(data_dir, "train", _cfg(4, cache="auto", cache_budget=10**9), training=True,
                                   log=logs.append)
-    assert _cache_ops(small) == [""] and "cached on memory" in logs[-1]
+    assert _cache_ops(small) == [""] and "cached in memory" in logs[-1]
     pipeline.make_dataset(data_dir, "train", _cfg(4, cache="auto", cache_budget=10**9), training=True,
                           log=logs.append)
     assert len(logs) == 2  # once per split and choice

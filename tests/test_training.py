@@ -84,3 +84,16 @@ def test_verification_batches_that_replicas_would_split_mid_identity_are_refused
         runner.plan("verify")
     assert runner.plan("classify")  # no P×K batches there
     assert Runner(cfg.replace(ids_per_batch=6), ThreeReplicas(), log=lambda _: None).plan("verify")
+
+
+@pytest.mark.parametrize("task", ["align", "verify"])
+def test_transfer_stages_take_lr_transfer_and_fall_back_to_lr_init(task):
+    """--lr_transfer sets the rate of the align/verify teacher and of every student initialized from another
+    stage; the from-scratch Pretrain student keeps --lr_scratch; 0 means --lr_init (the paper preset)."""
+    from keras_kd.tasks import TASKS
+    cfg = Config(students=(8,), lr_scratch=0.5, lr_init=0.2, lr_transfer=0.3)
+    rates = {s.name: s.lr for s in TASKS[task].plan(cfg)}
+    scratch = {n for n in rates if n.rsplit("_softmax", 1)[0].endswith("_pretrain")}
+    assert scratch and rates == {n: 0.5 if n in scratch else 0.3 for n in rates}
+    fallback = {s.name: s.lr for s in TASKS[task].plan(cfg.replace(lr_transfer=0.0))}
+    assert fallback[next(n for n in fallback if n.startswith("teacher"))] == 0.2

@@ -141,7 +141,8 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
         ds = ds.cache()
     if (data_dir, split, mode, why) not in _announced:
         _announced.add((data_dir, split, mode, why))
-        log(f"[data] {data_dir} {split}: {'streamed, not cached' if mode == 'off' else f'cached on {mode}'} ({why})")
+        how = {"off": "streamed, not cached", "memory": "cached in memory"}.get(mode, "cached on disk")
+        log(f"[data] {data_dir} {split}: {how} ({why})")
     if repeat if repeat is not None else training:
         ds = ds.repeat()
     if training:
