@@ -43,7 +43,12 @@ def train_runs(cfg) -> int:
         if not runner.worker and FLAGS.export:
             task = TASKS[cfg.task]
             models = None if FLAGS.export_models == "all" else task.best_students(res["models"])
-            print(f"[export] {cfg.task}: {', '.join(models) if models else 'all evaluated students'}")
+            how = ""
+            if models:
+                how = (f" (best by validation {task.headline})" if task.chosen_by(res["models"]) == "val" else
+                       f" (best by TEST {task.headline}: no validation metrics, --val_fraction=0 or stages "
+                       "trained before the val split existed)")
+            print(f"[export] {cfg.task}: {', '.join(models) if models else 'all evaluated students'}{how}")
             export.run(runner, cfg.task, models=models)
         distribute.barrier(strategy)  # the other workers wait until the chief has exported
     if runner.worker:

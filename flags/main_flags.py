@@ -46,6 +46,11 @@ flags.DEFINE_enum("cache", "auto", ["auto", "memory", "disk", "off"],
                   "Decoded, resized images kept between epochs: auto (in memory when a split fits a quarter of "
                   "the RAM, else streamed from the shards), memory, disk (files under <model_dir>/data_cache/) "
                   "or off (decoded every epoch).")
+flags.DEFINE_float("val_fraction", D.val_fraction, "Fraction of the training data held out as the validation "
+                   "split (at most 500 images; by identity when the data was split by identity), evaluated after "
+                   "every epoch (val_* curves) and used to choose the best student; the test split only measures. "
+                   "0: no validation split (the best student is then chosen on the test split, and the run says so).",
+                   lower_bound=0.0, upper_bound=0.5)
 flags.DEFINE_enum("teacher_cache", "off", ["off", "memory", "disk"],
                   "Compute the teacher's logits and hidden layer once per training image (un-augmented centre "
                   "crop) instead of in every step: memory (this run) or disk (<data>/teacher_cache/, reused "

@@ -27,6 +27,7 @@ class Config:
     backup_steps: int = 0                  # back up training state every N steps; 0 = at each epoch end
     skip_corrupt: bool = False             # skip (and count) corrupt records instead of stopping
     cache: str = "auto"                    # decoded images kept: auto | memory | disk | off (data/pipeline.py)
+    val_fraction: float = 0.1              # of the train split held out to choose models on (0: none; pipeline.py)
     teacher_cache: str = "off"             # off | memory | disk: precomputed teacher outputs (distill/teacher_cache.py)
     teacher: str = ""                      # a teacher model file/folder to distil from, none trained (teachers/external.py)
     teacher_spec: str = ""                 # its outputs and input contract (JSON); "" = beside the model

@@ -65,6 +65,14 @@ def worker_id(strategy: tf.distribute.Strategy) -> int:
     return int(resolver.task_id) + (1 if has_chief else 0)
 
 
+def local_replicas(strategy: tf.distribute.Strategy) -> int:
+    """Replicas on this worker: those one input pipeline of `distribute_datasets_from_function` feeds."""
+    try:
+        return max(1, len(strategy.extended.worker_devices))
+    except RuntimeError:  # the default strategy: one replica, and it does not say
+        return 1
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Only the chief writes results; other workers' files are scratch."""
     return worker_id(strategy) == 0

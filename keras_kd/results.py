@@ -6,8 +6,10 @@ results.json::
      "models": [ModelRecord, ...], ...any extra top-level keys}
 
 A ModelRecord is a dict with the keys and types in ``MODEL_KEYS`` (plus any extra keys, e.g. ``softmax``,
-``train_seconds``, ``epochs``, ``seed``). Metric units follow ``keras_kd.metrics``: names containing a
-``top1``/``top5``/``rank1``/``pair_acc``/``tar_at_far``/``acc`` token are fractions (shown as percent);
+``train_seconds``, ``epochs``, ``seed``, and ``val_metrics``: the same metrics on the val split carved from
+the training data, by which the best student is chosen; ``metrics`` are the test split's). Metric units
+follow ``keras_kd.metrics``: names containing a ``top1``/``top5``/``rank1``/``pair_acc``/``tar_at_far``/``acc``
+token are fractions (shown as percent);
 ``nrmse``/``failure_rate`` are already percent; anything else is shown as stored.
 
 Every file is written atomically (temp file in the same directory, then ``os.replace``) so a reader never
@@ -221,6 +223,59 @@ def _widths(models: list[dict]) -> list[int]:
     return sorted({m["width_divisor"] for m in _students(models)})
 
 
+HEADLINES = {"classify": "top1", "align": "nrmse", "verify": "rank1"}  # = each Task's headline
+
+
+def _lower_is_better(metric: str) -> bool:
+    return bool(_PERCENT.search(metric))  # errors: nrmse, failure_rate
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and value == value
+
+
+def best_students(models: list[dict], metric: str, lower_is_better: bool | None = None) -> tuple[list[str], str]:
+    """(names of the best student of each width, the split that chose them: 'val' or 'test').
+
+    Chosen by ``val_metrics``, so that the test split only measures; by the test ``metrics`` only when some
+    student has no val figure (a run with --val_fraction=0, records written before the val split existed),
+    and the caller says so.
+    """
+    lower = _lower_is_better(metric) if lower_is_better is None else lower_is_better
+    cands = [m for m in models if m.get("role") == "student" and _finite(m.get("metrics", {}).get(metric))]
+    by = "val" if cands and all(_finite((m.get("val_metrics") or {}).get(metric)) for m in cands) else "test"
+    best: dict[int, tuple] = {}
+    for m in cands:
+        value = (m["val_metrics"] if by == "val" else m["metrics"])[metric]
+        key = value if lower else -value
+        d = m["width_divisor"]
+        if d not in best or key < best[d][0]:
+            best[d] = (key, m["name"])
+    return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])], by
+
+
+def _best_line(task: str, models: list[dict]) -> list[str]:
+    """Which student of each width is the best, and on which split that was decided."""
+    metric = HEADLINES.get(task)
+    names, by = best_students(models, metric) if metric else ([], "")
+    if not names:
+        return []
+    by_name = {m["name"]: m for m in models}
+    shown = ", ".join(f"/{by_name[n]['width_divisor']} {n} (val {_val_cell(by_name[n], metric)}, "
+                      f"test {_cell(by_name[n], metric)})" for n in names)
+    how = (f"by validation {metric}, the val split held out of the training data; the test split only measures"
+           if by == "val" else f"by TEST {metric}: these records have no validation metrics (--val_fraction=0, "
+           "or trained before the val split existed), so the choice has seen the test split")
+    return [f"- best student ({how}): {shown}", ""]
+
+
+def _val_cell(model: dict | None, metric: str) -> str:
+    """The val split's figure of a record (mean ± std over seeds when aggregated)."""
+    if not model or not model.get("val_metrics"):
+        return DASH
+    return _cell({"metrics": model["val_metrics"], "metrics_std": model.get("val_metrics_std")}, metric)
+
+
 def _has_metric(models: list[dict], metric: str) -> bool:
     return any(metric in m.get("metrics", {}) for m in models)
 
@@ -260,8 +315,12 @@ def _init_by_ab_rows(models: list[dict], width: int, metric: str) -> list[list[s
 
 
 def _per_model_table(title: str, models: list[dict], metric_names: list[str]) -> list[str]:
-    rows = [[m["name"]] + [_cell(m, k) for k in metric_names] for m in models]
-    return ["", f"## {title}", ""] + _table(["model"] + [_metric_header(k) for k in metric_names], rows)
+    """Test metrics per model, and the headline (the first) on the val split when any record has it."""
+    val = metric_names[0] if any(m.get("val_metrics") for m in models) else None
+    rows = [[m["name"]] + [_cell(m, k) for k in metric_names] + ([_val_cell(m, val)] if val else [])
+            for m in models]
+    header = ["model"] + [_metric_header(k) for k in metric_names] + ([f"val {_metric_header(val)}"] if val else [])
+    return ["", f"## {title}", ""] + _table(header, rows)
 
 
 def _align_tables(models: list[dict]) -> list[str]:
@@ -434,6 +493,7 @@ def write_markdown(results: dict, path: str) -> str:
              f"- task: {task}", f"- data: {results.get('data', '')}", f"- preset: {results.get('preset', '')}",
              f"- seed: {results.get('seed', '')}", f"- updated: {results.get('updated', '')}", f"- note: {NOTE}",
              ""]
+    lines += _best_line(task, models)
     lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
         task, lambda _: [])(models)
     lines += _methods_tables(task, models)
@@ -463,19 +523,27 @@ def _save(fig, path: str) -> None:
     _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
-def plot_history(histories: dict[str, dict[str, list[float]]], path: str) -> None:
-    """Training curves: one panel per metric (e.g. loss, val_loss), one line per model/stage, x = epoch."""
-    names = list(dict.fromkeys(k for h in histories.values() for k in h))
+def plot_history(histories: dict[str, dict[str, list[float]]], path: str) -> list[str]:
+    """Training curves: one panel per metric (loss, task, soft, ...), one colour per model/stage, x = epoch;
+    the val split's value of a metric (val_loss) dashed in its panel, a val-only metric (val_nrmse) alone.
+    Returns the panels' titles."""
+    keys = list(dict.fromkeys(k for h in histories.values() for k in h))
+    names = [k for k in keys if not (k.startswith("val_") and k[4:] in keys)]
     fig, axes = _figure(max(len(names), 1))
     from matplotlib.ticker import MaxNLocator
     for ax, metric in zip(axes, names):
+        val = not metric.startswith("val_") and any(h.get("val_" + metric) for h in histories.values())
         for i, (run, h) in enumerate(histories.items()):
-            if h.get(metric):  # colour by run, so a run keeps its colour across panels
-                ax.plot(range(1, len(h[metric]) + 1), h[metric], marker=".", color=f"C{i % 10}", label=run)
-        ax.set(title=metric, xlabel="epoch")
+            curves = [(h.get(metric), "-"), (h.get("val_" + metric) if val else None, "--")]
+            for n, (values, style) in enumerate(c for c in curves if c[0]):
+                # colour by run, so a run keeps its colour across panels; one legend entry per run
+                ax.plot(range(1, len(values) + 1), values, style, marker=".", color=f"C{i % 10}",
+                        label=run if n == 0 else "_nolegend_")
+        ax.set(title=metric + (" (dashed: val)" if val else ""), xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=6)
     _save(fig, path)
+    return [ax.get_title() for ax in axes[:len(names)]]
 
 
 def plot_ced(curves: dict[str, np.ndarray], path: str, max_err: float = 0.10) -> None:

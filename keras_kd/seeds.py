@@ -83,11 +83,14 @@ def aggregate(per_seed: Dict[int, dict]) -> dict:
     for name in names:
         recs = {s: m for s in seeds for m in per_seed[s]["models"] if m["name"] == name}
         base = dict(next(iter(recs.values())))
-        keys = list(dict.fromkeys(k for m in recs.values() for k in m["metrics"]))
-        values = {k: [m["metrics"][k] for m in recs.values() if k in m["metrics"]] for k in keys}
-        base["metrics"] = {k: float(np.mean(v)) for k, v in values.items()}
-        # No std from one value (a model that only some seeds have, e.g. a one-seed table added later).
-        base["metrics_std"] = {k: float(np.std(v, ddof=1)) for k, v in values.items() if len(v) > 1}
+        for field in ("metrics", "val_metrics"):
+            keys = list(dict.fromkeys(k for m in recs.values() for k in m.get(field) or {}))
+            if not keys:
+                continue
+            values = {k: [m[field][k] for m in recs.values() if k in (m.get(field) or {})] for k in keys}
+            base[field] = {k: float(np.mean(v)) for k, v in values.items()}
+            # No std from one value (a model that only some seeds have, e.g. a one-seed table added later).
+            base[f"{field}_std"] = {k: float(np.std(v, ddof=1)) for k, v in values.items() if len(v) > 1}
         base["seeds"] = sorted(recs)
         base["n_seeds"] = len(recs)
         base["trained_with_seeds"] = sorted({m.get("seed", s) for s, m in recs.items()})  # one: a shared teacher

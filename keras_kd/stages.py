@@ -53,7 +53,7 @@ COMPAT_KEYS = ("image_size", "num_classes", "width_divisor", "data")
 _BACKUP_KEYS = ("image_size", "seed", "optimizer", "lr_schedule", "warmup_epochs", "lr_decay_epochs",
                 "lr_decay_factor", "momentum", "weight_decay", "landmark_head",
                 "temperature", "tau2", "margin", "mining", "embedding_dim", "backup_steps",
-                "steps_per_execution")
+                "steps_per_execution", "val_fraction")
 
 
 class StageError(RuntimeError):
@@ -168,6 +168,7 @@ class Runner:
         self._records: Dict[tuple, dict] = {}
         self._signatures: Dict[tuple, dict] = {}
         self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
+        self._announced_val: set = set()  # data dirs whose val split was described in the log
         # --teacher / --teacher_outputs: the teacher of every teacher stage, none trained.
         self.external = external.ExternalTeacher(cfg) if (cfg.teacher or cfg.teacher_outputs) else None
 
@@ -315,6 +316,8 @@ class Runner:
         if train_cfg.pk:
             sig.update(ids_per_batch=train_cfg.pk[0], images_per_id=train_cfg.pk[1])
         sig.update(data=self.meta(stage.task)["name"], num_classes=self.num_classes, seed=cfg.seed)
+        if cfg.val_fraction:  # it trains on the train split less the val records (none: as before the carve)
+            sig.update(val_fraction=cfg.val_fraction, val_max_images=pipeline.MAX_VAL_IMAGES)
         for field, dep in self._deps(stage):
             upstream = self.stage(*dep)
             sig[field] = (self.external.identity if self.external is not None and upstream.role == "teacher"
@@ -396,13 +399,16 @@ class Runner:
         data_dir = self.data_dir(stage.task)
         num_classes = int(meta["num_classes"]) if task.uses_labels else None
         train_cfg = task.batch_config(cfg, training=True)
-        if train_cfg.pk and train_cfg.pk[0] > int(meta["num_classes"]):
-            raise StageError(f"--ids_per_batch={train_cfg.pk[0]} but {data_dir} has only "
-                             f"{meta['num_classes']} identities")
-        n_train = self._readable(data_dir, num_classes) if cfg.skip_corrupt else int(meta["splits"]["train"])
+        with _naming_bad_records(data_dir, num_classes):
+            n_train, n_val, train_ids = self._split_sizes(data_dir, train_cfg, num_classes)
+        if train_cfg.pk and train_cfg.pk[0] > train_ids:
+            held = (f" left for training (--val_fraction={cfg.val_fraction} holds out "
+                    f"{int(meta['num_classes']) - train_ids})" if train_ids < int(meta["num_classes"]) else "")
+            raise StageError(f"--ids_per_batch={train_cfg.pk[0]} but {data_dir} has only {train_ids} identities{held}")
         steps = max(1, n_train // train_cfg.batch_size)
         self.log(f"[stage] {label}: training {stage.epochs} epochs × {steps} steps "
-                 f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})")
+                 f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})"
+                 + (f"; validating on {n_val} held-out train images" if n_val else ""))
         cache = self._teacher_cache(stage, data_dir, train_cfg)
         keras.utils.set_random_seed(cfg.seed)  # again: filling the cache may have built a teacher
         with self.strategy.scope():
@@ -410,12 +416,15 @@ class Runner:
             self._initial(stage, student)
             teacher = self.load(*stage.teacher) if stage.teacher else None
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
-                                  stage.targets, config=cfg)
+                                  stage.targets, config=cfg,
+                                  eval_metrics=task.eval_metrics(stage) if stage.evaluate and n_val else None)
             distiller.compile(training.optimizer(cfg, stage.lr, steps, stage.epochs),
                               steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
                                               teacher_outputs=cache, log=self.log))
+        val_ds, val_steps = self._val_dataset(data_dir, task.batch_config(cfg, training=False), cache,
+                                              n_val) if n_val else (None, None)
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], "teacher_source": self._teacher_identity(stage),
@@ -437,7 +446,7 @@ class Runner:
         t0 = time.time()
         with _naming_bad_records(data_dir, num_classes):
             history = distiller.fit(ds, epochs=stage.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                                    verbose=cfg.verbose)
+                                    validation_data=val_ds, validation_steps=val_steps, verbose=cfg.verbose)
         seconds = time.time() - t0
         if guard.bad is not None:
             epoch, step, loss = guard.bad
@@ -446,6 +455,8 @@ class Runner:
         hist = epoch_log.history() or {k: [float(v) for v in vs] for k, vs in history.history.items()}
         with _naming_bad_records(data_dir, num_classes):
             metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
+            # What models are chosen by: the test split above is only reported.
+            val_metrics = task.evaluate(student, data_dir, cfg, split="val")[0] if stage.evaluate and n_val else {}
         record = {
             "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor,
             "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
@@ -456,6 +467,9 @@ class Runner:
             "image_size": cfg.image_size, "num_classes": self.num_classes, "data": meta["name"],
             "evaluate": stage.evaluate, "history": hist, "signature": self._trained_signature(stage),
         }
+        if val_metrics:
+            record["val_metrics"] = {k: float(v) for k, v in val_metrics.items()}
+            record["val_images"] = n_val
         if resumed:
             record["resumed_at_epoch"] = resumed[0][0] + 1
         if cache is not None or stage.name.endswith(teacher_cache.SUFFIX):  # trained on, or from, cached targets
@@ -475,6 +489,51 @@ class Runner:
         self.log(f"[stage] {label}: {stage.epochs} epochs in {seconds:.0f}s, loss "
                  f"{loss[0]:.3f} → {loss[-1]:.3f}; {_fmt(record['metrics'])}")
         return record
+
+    def _split_sizes(self, data_dir: str, train_cfg: pipeline.InputConfig, num_classes: Optional[int]):
+        """(train records, val records, train identities) that a stage trains and validates on."""
+        meta = read_meta(data_dir)
+        n_train = self._readable(data_dir, num_classes) if self.cfg.skip_corrupt else int(meta["splits"]["train"])
+        if not train_cfg.val_fraction:
+            return n_train, 0, int(meta["num_classes"])
+        counts = pipeline.split_counts(data_dir, train_cfg)
+        if not counts["train"]:
+            raise DataError(f"{data_dir}: --val_fraction={train_cfg.val_fraction} leaves no train record "
+                            f"(all {counts['val']} are held out for validation); lower it")
+        if data_dir not in self._announced_val:
+            self._announced_val.add(data_dir)
+            rule = pipeline.val_rule(data_dir, train_cfg.val_fraction)
+            capped = f", capped at {pipeline.MAX_VAL_IMAGES} images" if rule.fraction < train_cfg.val_fraction else ""
+            self.log(f"[data] {data_dir}: val split = {counts['val']} of the {counts['train'] + counts['val']} train "
+                     f"records ({counts['val_ids']} identities), held out by {rule.by} (fraction {rule.fraction:.3g}"
+                     f"{capped}, the data's seed {rule.seed}); models are chosen on it, the test split only measures")
+        return n_train - counts["val"], counts["val"], counts["train_ids"]
+
+    def _val_dataset(self, data_dir: str, val_cfg: pipeline.InputConfig, cache, n_val: int):
+        """(dataset, steps): the val split, evaluated by `fit` after every epoch with the same loss terms
+        (teacher included) and the task's per-example metrics; no file names (strings stay off accelerators).
+
+        `fit` needs a step count for a distributed dataset and keeps its iterator across epochs, so every input
+        pipeline reads the whole val split (not a share: the mean over replicas is then the mean over the
+        split) and repeats it, padded to a whole number of steps with batches of weight 0 (a network cannot
+        run on an empty batch): every epoch's evaluation is exactly one pass over the same images, on every
+        worker alike.
+        """
+        batch = max(1, val_cfg.batch_size // self.strategy.num_replicas_in_sync)  # per replica
+        local = distribute.local_replicas(self.strategy)  # one pipeline's replicas: a batch each per step
+        batches = -(-n_val // batch)
+        steps = -(-batches // local)
+
+        def make(_):
+            ds = pipeline.make_dataset(data_dir, "val", dataclasses.replace(val_cfg, batch_size=batch),
+                                       training=False, teacher_outputs=cache, log=self.log)
+            ds = ds.map(lambda x, y: (x, {**{k: v for k, v in y.items() if k != "source"},
+                                          "weight": tf.ones_like(y["label"], tf.float32)}))
+            if steps * local > batches:
+                void = ds.take(1).map(lambda x, y: (x, {**y, "weight": tf.zeros_like(y["weight"])}))
+                ds = ds.concatenate(void.repeat(steps * local - batches))
+            return ds.repeat()
+        return self.strategy.distribute_datasets_from_function(make), steps
 
     def _teacher_cache(self, stage: Stage, data_dir: str, train_cfg: pipeline.InputConfig):
         """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""

@@ -62,6 +62,8 @@ def _save_classify(runner):
     ({"lr_init": 0.05}, "lr=0.01 (now 0.05)"),
     ({"weight_decay": 0.5}, "weight_decay=0.0001 (now 0.5)"),
     ({"seed": 3}, "seed=0 (now 3)"),
+    ({"val_fraction": 0.2}, "val_fraction=0.1 (now 0.2)"),
+    ({"val_fraction": 0.0}, "val_fraction=0.1 (now unset), val_max_images=500 (now unset)"),
 ])
 def test_a_stage_saved_with_other_settings_is_refused_naming_them(data_dir, tmp_path, change, message):
     runner, _ = _runner(data_dir, tmp_path)

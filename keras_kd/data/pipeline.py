@@ -1,5 +1,9 @@
 """tf.data input: TFRecord shards → parse → decode → augment → batch → prefetch.
 
+Splits: `train` and `test` are the converter's shards; with `InputConfig.val_fraction` > 0, `val` is carved
+from the train shards and `train` is what is left (`is_val`): models are chosen on `val`, and `test` is
+only measured.
+
 Batches are `(images, targets)`: images float32 [B, S, S, 3] in [0, 1] (the models start with batch
 normalization, as the paper, so no mean subtraction here); targets a dict with "label" int32 [B],
 "landmarks" float32 [B, 5, 2] in crop-normalized (x, y) ∈ [0, 1], and "has_landmarks" bool [B]; evaluation batches also carry "source" (file names).
@@ -17,7 +21,8 @@ import json
 import os
 from typing import Callable, List, Optional, Tuple
 
-from keras_kd.data.example import META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta, shard_paths
+from keras_kd.data.example import (FEATURES, META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta,
+                                   shard_paths)
 from keras_kd.keras import tf
 
 # Mirroring an image swaps left and right: eyes (0, 1) and mouth corners (3, 4); the nose (2) stays.
@@ -27,6 +32,9 @@ CROP_RATIO = 224 / 256
 AUTOTUNE = tf.data.AUTOTUNE
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DIR = "data_cache"
+# The validation split is evaluated after every epoch of every stage: a few hundred images keep that cheap
+# and still rank models (an NRMSE or top-1 over 500 images has a standard error of a point or two).
+MAX_VAL_IMAGES = 500
 _announced: set = set()  # (data_dir, split, choice) already logged by this process
 
 
@@ -43,6 +51,7 @@ class InputConfig:
     seed: int = 0
     pk: Optional[Tuple[int, int]] = None  # (P identities, K images each) per batch, for triplet mining
     skip_corrupt: bool = False            # drop unreadable records instead of stopping (see `scan`)
+    val_fraction: float = 0.0             # of the train shards held out as the val split (0: none; `is_val`)
 
     @property
     def resize_size(self) -> int:
@@ -115,6 +124,70 @@ def _interleave(files, training: bool, cfg: InputConfig):
     return files.interleave(read, cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=not training)
 
 
+@dataclasses.dataclass(frozen=True)
+class ValRule:
+    """Which train records form the val split: a hash of each record's key (its source, or its identity when
+    the converter split the data by identity, so no person is in both) and the data's split seed, below
+    `fraction`. It depends on the record alone, so data converted by any keras-kd version can be carved, a
+    run's --seed does not move it (seeds and shared teachers see one val split), and adding files does not
+    move other records."""
+
+    fraction: float                       # effective: --val_fraction, capped at MAX_VAL_IMAGES of the train split
+    by: str                               # image | identity
+    seed: int
+    class_names: Tuple[str, ...] = ()
+
+
+def val_rule(data_dir: str, val_fraction: float) -> ValRule:
+    meta = read_meta(data_dir)
+    n = int(meta.get("splits", {}).get("train", 0))
+    fraction = min(val_fraction, MAX_VAL_IMAGES / n) if n else 0.0
+    by = "identity" if meta.get("split_by") == "identity" else "image"
+    return ValRule(fraction, by, int(meta.get("seed", 0)), tuple(str(c) for c in meta.get("class_names", ())))
+
+
+_HASH_BUCKETS = 2**62
+
+
+def is_val(rec: dict, rule: ValRule):
+    """True (a bool tensor) when a parsed record belongs to the val split under `rule`."""
+    if rule.by == "identity":
+        names = tf.constant(list(rule.class_names) or [""])
+        key = tf.gather(names, tf.clip_by_value(tf.cast(rec["label"], tf.int32), 0, len(rule.class_names) - 1))
+    else:
+        key = rec["source"]
+    bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([f"{rule.seed}:val:", key]), _HASH_BUCKETS)
+    return tf.cast(bucket, tf.float64) < rule.fraction * _HASH_BUCKETS
+
+
+_counts: dict = {}  # split_counts, by data, shards and rule
+
+
+def split_counts(data_dir: str, cfg: InputConfig) -> dict:
+    """Records and identities of the train and val splits under `cfg.val_fraction` (one read of the train
+    shards' sources and labels, no image decoded; remembered for the process)."""
+    rule = val_rule(data_dir, cfg.val_fraction)
+    shards = shard_paths(data_dir, "train")
+    key = (os.path.abspath(data_dir), tuple((p, os.path.getsize(p)) for p in shards), rule, cfg.skip_corrupt)
+    if key not in _counts:
+        spec = {k: v for k, v in FEATURES.items() if k in ("image/source", "image/label")}
+        read = (lambda f: tf.data.TFRecordDataset(f).ignore_errors()) if cfg.skip_corrupt else tf.data.TFRecordDataset
+        ds = tf.data.Dataset.from_tensor_slices(shards).interleave(read, cycle_length=4)
+        ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
+        if cfg.skip_corrupt:
+            ds = ds.ignore_errors()
+        ds = ds.map(lambda r: (is_val({"source": r["image/source"], "label": r["image/label"]}, rule),
+                               r["image/label"]))
+        ids = {"train": set(), "val": set()}
+        n = {"train": 0, "val": 0}
+        for val, label in ds.batch(4096).as_numpy_iterator():
+            for split, mask in (("val", val), ("train", ~val)):
+                n[split] += int(mask.sum())
+                ids[split].update(label[mask].tolist())
+        _counts[key] = {**n, "train_ids": len(ids["train"]), "val_ids": len(ids["val"])}
+    return dict(_counts[key])
+
+
 def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  repeat: Optional[bool] = None, teacher_outputs=None,
@@ -126,15 +199,25 @@ def make_dataset(data_dir: str, split: str, cfg: InputConfig, training: bool,
     `teacher_outputs` (a `distill.teacher_cache.TeacherCache`: source → {name: tensor}) adds the teacher's
     precomputed outputs of each record to its targets, as targets["teacher"].
     """
+    if split == "val" and not cfg.val_fraction:
+        raise ValueError("no val split: val_fraction is 0")
     batch = cfg.batch_size if input_context is None else input_context.get_per_replica_batch_size(cfg.batch_size)
-    ds = _records(data_dir, split, cfg, training, input_context)
+    shards = "train" if split == "val" else split
+    ds = _records(data_dir, shards, cfg, training, input_context)
     ds = ds.map(parse_example, num_parallel_calls=AUTOTUNE)
+    rule = val_rule(data_dir, cfg.val_fraction) if split in ("train", "val") and cfg.val_fraction else None
+    if rule is not None:
+        want = split == "val"
+        ds = ds.filter(lambda r: tf.equal(is_val(r, rule), want))  # before decoding: the others cost no decode
     ds = ds.map(lambda r: _decode(r, cfg.resize_size), num_parallel_calls=AUTOTUNE)
     if cfg.skip_corrupt:
         ds = ds.ignore_errors()  # records that do not parse or decode
-    mode, why = choose_cache(cfg.cache, data_dir, split, cfg.resize_size, cfg.cache_budget)
+    records = int(read_meta(data_dir)["splits"].get(shards, 0))
+    if split == "val":
+        records = int(records * rule.fraction) + 1
+    mode, why = choose_cache(cfg.cache, data_dir, split, cfg.resize_size, cfg.cache_budget, records)
     if mode == "disk":
-        path = _cache_file(data_dir, split, cfg, input_context)
+        path = _cache_file(data_dir, split, cfg, input_context, rule)
         ds = ds.cache(path)
         why = f"{why}: {path}"
     elif mode == "memory":
@@ -169,32 +252,40 @@ def memory_budget() -> int:
         return 2 << 30
 
 
-def choose_cache(mode: str, data_dir: str, split: str, resize_size: int, budget: int = 0) -> Tuple[str, str]:
+def choose_cache(mode: str, data_dir: str, split: str, resize_size: int, budget: int = 0,
+                 records: Optional[int] = None) -> Tuple[str, str]:
     """(memory | disk | off, why) for a split: `auto` caches in memory only when the decoded split fits.
 
     The decoded, resized split takes records × resize² × 3 bytes; a data set too large for the budget
     (default a quarter of RAM) is streamed from the shards every epoch instead of filling memory until the
-    machine swaps or the process is killed. memory, disk and off are taken as given.
+    machine swaps or the process is killed. memory, disk and off are taken as given. `records`: the split's
+    size when meta.json does not say it (the val split carved from train).
     """
     if mode not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode, f"--cache={mode}"
     budget = budget or memory_budget()
-    need = int(read_meta(data_dir)["splits"].get(split, 0)) * resize_size * resize_size * 3
+    if records is None:
+        records = int(read_meta(data_dir)["splits"].get(split, 0))
+    need = records * resize_size * resize_size * 3
     fits = need <= budget
     return ("memory" if fits else "off"), (f"--cache=auto: {need / 2**20:.1f} MiB decoded "
                                            f"{'fits' if fits else 'exceeds'} the {budget / 2**20:.0f} MiB budget")
 
 
-def _cache_file(data_dir: str, split: str, cfg: InputConfig, input_context) -> str:
+def _cache_file(data_dir: str, split: str, cfg: InputConfig, input_context,
+                rule: Optional[ValRule] = None) -> str:
     """The --cache=disk file of this split, named by what its content depends on, so a changed data set,
-    size or decoder never reads another's images. A lock left by a killed run is removed (one run uses a
-    model_dir at a time); another worker of a multi-worker run has its own file."""
+    size, decoder or val carve never reads another's images. A lock left by a killed run is removed (one run
+    uses a model_dir at a time); another worker of a multi-worker run has its own file."""
     key = {"meta": hashlib.sha256(open(os.path.join(data_dir, META_FILE), "rb").read()).hexdigest(),
-           "shards": [[os.path.basename(p), os.path.getsize(p)] for p in shard_paths(data_dir, split)],
+           "shards": [[os.path.basename(p), os.path.getsize(p)]
+                      for p in shard_paths(data_dir, "train" if split == "val" else split)],
            "resize_size": cfg.resize_size, "skip_corrupt": cfg.skip_corrupt,
            "decode": hashlib.sha256(inspect.getsource(_decode).encode()).hexdigest()}
+    if rule is not None:  # a carved split; none keeps the key (and the file) of caches made before carving
+        key["val"] = [rule.fraction, rule.by, rule.seed, inspect.getsource(is_val)]
     name = f"{split}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
     if input_context is not None and input_context.num_input_pipelines > 1:
         name += f"-pipeline{input_context.input_pipeline_id}of{input_context.num_input_pipelines}"

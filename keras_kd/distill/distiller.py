@@ -14,7 +14,7 @@ device, not a deliverable.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from keras_kd.config import Config
 from keras_kd.distill import methods
@@ -26,9 +26,12 @@ class Distiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None,
                  task_loss: Optional[Callable] = None,
                  targets: Sequence[Tuple[Union[str, methods.KDLoss], float]] = (),
-                 temperature: float = 3.0, tau2: bool = False, config: Optional[Config] = None, **kwargs):
+                 temperature: float = 3.0, tau2: bool = False, config: Optional[Config] = None,
+                 eval_metrics: Optional[Dict[str, Callable]] = None, **kwargs):
         """`targets`: (registry name or KDLoss, weight) pairs. Names are configured from `config` (a
-        Config: every method's hyper-parameters), by default the defaults with this τ and τ² flag."""
+        Config: every method's hyper-parameters), by default the defaults with this τ and τ² flag.
+        `eval_metrics`: {name: f(y, student_outputs) → (per-example values, weights)}, task metrics tracked
+        in evaluation only (`fit`'s validation: `val_<name>`), where the loss alone does not rank models."""
         super().__init__(**kwargs)
         if targets and teacher is None:
             raise ValueError("distillation targets need a teacher")
@@ -51,6 +54,8 @@ class Distiller(keras.Model):
         self.adapters = {t.name: self._adapter(t) for t, _ in self.targets}
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ["loss"] + (["task"] if task_loss else []) + names}
+        self.eval_metrics = dict(eval_metrics or {})
+        self.eval_trackers = {n: keras.metrics.Mean(name=n) for n in self.eval_metrics}
         # Built from built networks, so it is built too: BackupAndRestore then restores the optimizer's
         # slots at once instead of deferring them to the first step.
         self.build(student.input_shape)
@@ -74,7 +79,8 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        return list(self.trackers.values())
+        # Keras resets these at the start of every epoch and of every evaluation.
+        return list(self.trackers.values()) + list(self.eval_trackers.values())
 
     @property
     def trained_variables(self):
@@ -84,9 +90,9 @@ class Distiller(keras.Model):
     def call(self, images, training=False):
         return self.student(images, training=training)
 
-    def _per_example(self, images, y, training: bool):
+    def _per_example(self, images, y, training: bool, s=None):
         """Per-example loss terms {name: [batch]} (weights applied); relational terms broadcast."""
-        s = self._student_features(images, training=training)
+        s = self._student_features(images, training=training) if s is None else s
         terms = {}
         if self.task_loss is not None:
             terms["task"] = self.task_loss(y, s)
@@ -105,17 +111,20 @@ class Distiller(keras.Model):
                 terms[target.name] = w * target(feats, t, labels)
         return terms
 
-    def _loss(self, images, y, training: bool):
-        terms = self._per_example(images, y, training)
+    def _loss(self, images, y, training: bool, s=None):
+        terms = self._per_example(images, y, training, s)
         total = tf.add_n(list(terms.values()))
         # Averaged over the global batch: summed over replicas by the optimizer, this is the true mean.
         loss = tf.nn.compute_average_loss(total)
         reg = self.student.losses
         if reg:
             loss += tf.nn.scale_regularization_loss(tf.add_n(reg))
+        # Per example, not per batch: an evaluation's last batch is smaller, and is weighed by what it holds;
+        # y["weight"] 0 marks the padding of a val split to whole steps (stages.py).
+        weight = y.get("weight") if isinstance(y, dict) else None
         for name, value in terms.items():
-            self.trackers[name].update_state(tf.reduce_mean(value))
-        self.trackers["loss"].update_state(tf.reduce_mean(total))
+            self.trackers[name].update_state(tf.broadcast_to(value, tf.shape(total)), sample_weight=weight)
+        self.trackers["loss"].update_state(total, sample_weight=weight)
         return loss
 
     def train_step(self, data):
@@ -130,5 +139,11 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         images, y = data
-        self._loss(images, y, training=False)
-        return {name: m.result() for name, m in self.trackers.items()}
+        s = self._student_features(images, training=False)
+        self._loss(images, y, training=False, s=s)
+        for name, metric in self.eval_metrics.items():
+            value, weight = metric(y, s)
+            if "weight" in y:
+                weight = weight * y["weight"]
+            self.eval_trackers[name].update_state(value, sample_weight=weight)
+        return {name: m.result() for name, m in {**self.trackers, **self.eval_trackers}.items()}

@@ -174,8 +174,10 @@ class TeacherCache:
 
 def compute(teacher: keras.Model, data_dir: str, in_cfg: pipeline.InputConfig, key: dict,
             split: str = "train", batch_size: int = BUILD_BATCH) -> TeacherCache:
-    """Runs the teacher (inference mode) over every ``split`` record's un-augmented view, once."""
-    cfg = dataclasses.replace(in_cfg, batch_size=batch_size, augment=False, flip=False, pk=None, cache="off")
+    """Runs the teacher (inference mode) over every ``split`` record's un-augmented view, once: all of the
+    train shards, the val records carved from them included (the val loss compares with the teacher too)."""
+    cfg = dataclasses.replace(in_cfg, batch_size=batch_size, augment=False, flip=False, pk=None, cache="off",
+                              val_fraction=0.0)
     ds = pipeline.make_dataset(data_dir, split, cfg, training=False)
 
     @tf.function(reduce_retracing=True)

@@ -11,6 +11,7 @@ from keras_kd.data import pipeline
 from keras_kd.data.example import DataError
 from keras_kd.distill import losses
 from keras_kd.distill.losses import LANDMARK_UNITS
+from keras_kd.metrics import LEFT_EYE, RIGHT_EYE
 from keras_kd.keras import tf
 from keras_kd.tasks.base import Stage, input_config, predict
 from keras_kd.tasks.transfer import TransferTask
@@ -52,12 +53,22 @@ class Align(TransferTask):
         mean = mean_shape(data_dir, cfg)
         fc.set_weights([kernel, (LANDMARK_UNITS * (mean - 0.5)).reshape(-1).astype(np.float32)])
 
-    def evaluate(self, model, data_dir, cfg):
-        ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
+    def eval_metrics(self, stage):
+        def nrmse(y, s):
+            """metrics.nrmse batch by batch: each image's mean landmark error over its inter-ocular distance."""
+            true, pred = y["landmarks"], s["landmarks"]
+            eyes = tf.norm(true[:, LEFT_EYE] - true[:, RIGHT_EYE], axis=-1)
+            keep = tf.logical_and(tf.cast(y["has_landmarks"], tf.bool), eyes > 0)
+            err = tf.reduce_mean(tf.norm(pred - true, axis=-1), axis=-1) / tf.where(keep, eyes, 1.0)
+            return 100.0 * err, tf.cast(keep, tf.float32)
+        return {"nrmse": nrmse}
+
+    def evaluate(self, model, data_dir, cfg, split="test"):
+        ds = pipeline.make_dataset(data_dir, split, self.batch_config(cfg, False), training=False)
         out, tgt = predict(model, ds, ["landmarks"])
         keep = tgt["has_landmarks"].astype(bool)
         if not keep.any():
-            raise ValueError(f"{data_dir}: the test split has no landmarks to evaluate alignment on")
+            raise ValueError(f"{data_dir}: the {split} split has no landmarks to evaluate alignment on")
         pred, true = out["landmarks"][keep], tgt["landmarks"][keep]
         per_point = metrics.landmark_errors(pred, true, "interocular")
         per_image = per_point.mean(axis=1)
@@ -80,18 +91,21 @@ class Align(TransferTask):
         return paths
 
     def _examples_plot(self, artifacts, out_dir, models, data_dir, cfg) -> list:
-        """The first test faces with the true landmarks, the teacher's and the best student's."""
+        """The first test faces with the true landmarks, the teacher's and the best student's (best on the
+        val split when the records have it: the test faces drawn did not choose it)."""
         teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
-        best = self.best_students(models)
+        best, by = results.best_students(models, self.headline, self.lower_is_better)
         score = {m["name"]: m.get("metrics", {}).get(self.headline) for m in models}
+        chosen = {m["name"]: ((m.get("val_metrics") if by == "val" else m.get("metrics")) or {}).get(self.headline)
+                  for m in models}
 
         def label(role, name):
             who = role if name == role else f"{role} {name}"
             return f"{who}, NRMSE {score[name]:.1f} %" if score.get(name) is not None else who
         shown = {label("teacher", teacher): teacher} if teacher else {}
         if best:
-            top = min(best, key=lambda n: score[n])
-            shown[label("student", top)] = top
+            top = min(best, key=lambda n: chosen[n])
+            shown[f"{label('student', top)} (chosen on {by})"] = top
         shown = {k: artifacts[n]["examples"] for k, n in shown.items() if "examples" in artifacts.get(n, {})}
         if not shown:
             return []

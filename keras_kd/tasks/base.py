@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import methods
@@ -99,9 +100,16 @@ class Task:
                     f"{self.name} trains on other data than the classification stages")
         return None
 
-    def evaluate(self, model: keras.Model, data_dir: str, cfg: Config) -> Tuple[Dict[str, float], dict]:
-        """Returns (metrics, artifacts); artifacts feed the plots (CED, ROC)."""
+    def evaluate(self, model: keras.Model, data_dir: str, cfg: Config,
+                 split: str = "test") -> Tuple[Dict[str, float], dict]:
+        """Returns (metrics, artifacts) on a split (test: what is reported; val: what models are chosen
+        by); artifacts feed the plots (CED, ROC)."""
         raise NotImplementedError
+
+    def eval_metrics(self, stage: Stage) -> Dict[str, Callable]:
+        """{name: f(y, outputs) → (per-example values, weights)}: the headline metric batch by batch, tracked
+        on the val split after every epoch (`val_<name>` curves); {} when it is not a per-example mean."""
+        return {}
 
     def init_heads(self, model: keras.Model, copied: list, data_dir: str, cfg: Config) -> None:
         """Data-dependent initialization of task heads that were not carried over from another stage."""
@@ -112,24 +120,21 @@ class Task:
         return []
 
     def best_students(self, models: list) -> list:
-        """Names of the best evaluated student of each width by the headline metric (what main.py ships)."""
-        best = {}
-        for m in models:
-            value = m.get("metrics", {}).get(self.headline)
-            if m.get("role") != "student" or value is None or value != value:  # NaN
-                continue
-            key = value if self.lower_is_better else -value
-            d = m["width_divisor"]
-            if d not in best or key < best[d][0]:
-                best[d] = (key, m["name"])
-        return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])]
+        """Names of the best evaluated student of each width by the headline metric on the val split
+        (what main.py ships); see `results.best_students`."""
+        return results.best_students(models, self.headline, self.lower_is_better)[0]
+
+    def chosen_by(self, models: list) -> str:
+        """Which split chose `best_students`: 'val', or 'test' for records without val metrics."""
+        return results.best_students(models, self.headline, self.lower_is_better)[1]
 
 
 def input_config(cfg: Config, batch_size: int, **kw) -> pipeline.InputConfig:
     """The pipeline settings every task shares (input size, seed, corrupt-record policy, image cache: on
-    disk under the run's model_dir, which is writable where a shared data directory may not be)."""
+    disk under the run's model_dir, which is writable where a shared data directory may not be; the val
+    split carved from train)."""
     return pipeline.InputConfig(image_size=cfg.image_size, batch_size=batch_size, seed=cfg.seed,
-                                skip_corrupt=cfg.skip_corrupt, cache=cfg.cache,
+                                skip_corrupt=cfg.skip_corrupt, cache=cfg.cache, val_fraction=cfg.val_fraction,
                                 cache_dir=os.path.join(cfg.model_dir, pipeline.CACHE_DIR), **kw)
 
 

@@ -6,6 +6,7 @@ from keras_kd import metrics
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import losses, methods
+from keras_kd.keras import tf
 from keras_kd.tasks import verification
 from keras_kd.tasks.base import Stage, Task, predict, unique_stages
 
@@ -47,8 +48,14 @@ class Classify(Task):
                                     teacher=teacher if terms else None, targets=tuple(terms)))
         return unique_stages(stages)
 
-    def evaluate(self, model, data_dir, cfg):
-        ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
+    def eval_metrics(self, stage):
+        def top1(y, s):
+            hit = tf.equal(tf.argmax(s["logits"], axis=-1, output_type=tf.int32), tf.cast(y["label"], tf.int32))
+            return tf.cast(hit, tf.float32), tf.ones_like(hit, tf.float32)
+        return {"top1": top1}
+
+    def evaluate(self, model, data_dir, cfg, split="test"):
+        ds = pipeline.make_dataset(data_dir, split, self.batch_config(cfg, False), training=False)
         out, tgt = predict(model, ds, ["logits", "hidden"])
         result = {"top1": metrics.top1(out["logits"], tgt["label"])}
         # The paper's second figure (LFW accuracy): 10-fold pair accuracy on the hidden layer K.

@@ -48,8 +48,8 @@ class Verify(TransferTask):
             return value
         return loss
 
-    def evaluate(self, model, data_dir, cfg):
-        ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
+    def evaluate(self, model, data_dir, cfg, split="test"):
+        ds = pipeline.make_dataset(data_dir, split, self.batch_config(cfg, False), training=False)
         out, tgt = predict(model, ds, ["embedding"])
         m = {"rank1": metrics.rank1(out["embedding"], tgt["label"])}
         pm, art = verification.pair_metrics(out["embedding"], tgt, data_dir, cfg.seed)
