@@ -138,9 +138,13 @@ def test_results_md_says_which_split_chose_the_best_student(tmp_path):
     line = next(ln for ln in text.splitlines() if ln.startswith("- best student"))
     assert "by validation nrmse" in line and "/8 b (val 11.00, test 12.00)" in line
     assert "| a | 10.00 |" in text and "val nrmse (%)" in text   # test figures reported, val beside them
+    # --mode=evaluate on other data: the val figures are still the training data's, and the file says so.
+    text = results.write_markdown({**res, "eval_data": "/x/other", "trained_on": "d"}, str(tmp_path / "eval.md"))
+    assert "- val: the validation split of the training data (d)" in text
     models[2].pop("val_metrics")
     text = results.write_markdown(res, str(tmp_path / "results.md"))
     assert "by TEST nrmse" in next(ln for ln in text.splitlines() if ln.startswith("- best student"))
+    assert "- val:" not in text
 
 
 def test_training_curves_draw_val_beside_train(tmp_path):
