@@ -26,6 +26,13 @@ flags.DEFINE_integer("skip_images", 0, "With --max_images: leave out the first N
 flags.DEFINE_bool("face_crop", False, "Store a square crop around each image's 5 landmarks (their box grown by "
                   "--face_crop_margin on each side) instead of the whole photo; landmarks move with it. For "
                   "whole photos with small faces (MTFL).")
+flags.DEFINE_enum("face_crop_box", "landmarks", ["landmarks", "detector"], "--face_crop: the box the crop is "
+                  "cut around: landmarks (each image's own 5 landmarks, test images too: the crop tells the model "
+                  "where the face is) or detector (OpenCV's Haar face detector, as a deployed model would get; "
+                  "requirements-detector.txt; images it misses take --detector_fallback).")
+flags.DEFINE_enum("detector_fallback", "jitter", ["jitter", "drop"], "--face_crop_box=detector, images where it "
+                  "finds no face (or a face whose crop misses a landmark): jitter (the landmark crop, moved and "
+                  "scaled by the spread measured between detector and landmark crops) or drop (left out, counted).")
 flags.DEFINE_float("face_crop_margin", 0.5, "--face_crop: margin on each side, as a fraction of the landmarks' "
                    "box (0.5: a crop twice the box).", lower_bound=0.0)
 flags.DEFINE_integer("face_crop_size", 64, "--face_crop: side of the stored crop in pixels.", lower_bound=16)
@@ -39,6 +46,12 @@ flags.mark_flags_as_required(["layout", "out"])
 @flags.multi_flags_validator(["layout", "src"], message="--src is required unless --layout=synthetic")
 def _src_given(v: dict) -> bool:
     return v["layout"] == "synthetic" or bool(v["src"])
+
+
+@flags.multi_flags_validator(["face_crop", "face_crop_box"], message="--face_crop_box=detector goes with "
+                             "--face_crop (it says which box the face crop is cut around)")
+def _box_for_crop(v: dict) -> bool:
+    return v["face_crop"] or v["face_crop_box"] == "landmarks"
 
 
 @flags.multi_flags_validator(["layout", "pairs"], message="--pairs is required by --layout=lfw and used only by it")

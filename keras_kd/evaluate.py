@@ -4,7 +4,8 @@
 
 For every model of `<model_dir>/<task>/results.json` it loads the saved weights, runs the task's own
 evaluation (the same code as after training) on the test split of `--eval_data` (convert a set with
-`--all_test` to evaluate on all of it), and writes `<model_dir>/<task>/eval_<name>.json` (results.json's
+`--all_test` to evaluate on all of it; records keep their `val_metrics`, of the training data's val split,
+so the best student is the one chosen at training), and writes `<model_dir>/<task>/eval_<name>.json` (results.json's
 schema) and `eval_<name>.md` (the same tables), `<name>` being the eval directory's name; CED/ROC plots go
 to `<model_dir>/<task>/eval_<name>/`.
 

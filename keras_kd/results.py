@@ -493,6 +493,9 @@ def write_markdown(results: dict, path: str) -> str:
              f"- task: {task}", f"- data: {results.get('data', '')}", f"- preset: {results.get('preset', '')}",
              f"- seed: {results.get('seed', '')}", f"- updated: {results.get('updated', '')}", f"- note: {NOTE}",
              ""]
+    if results.get("eval_data") and any(m.get("val_metrics") for m in models):
+        lines += [f"- val: the validation split of the training data ({results.get('trained_on', '')}), which "
+                  "chose the best student when it was trained; the other figures are on this data's test split", ""]
     lines += _best_line(task, models)
     lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
         task, lambda _: [])(models)

@@ -400,10 +400,10 @@ class Runner:
         num_classes = int(meta["num_classes"]) if task.uses_labels else None
         train_cfg = task.batch_config(cfg, training=True)
         with _naming_bad_records(data_dir, num_classes):
-            n_train, n_val, train_ids = self._split_sizes(data_dir, train_cfg, num_classes)
+            n_train, n_val, train_ids, val_ids = self._split_sizes(data_dir, train_cfg, num_classes)
         if train_cfg.pk and train_cfg.pk[0] > train_ids:
-            held = (f" left for training (--val_fraction={cfg.val_fraction} holds out "
-                    f"{int(meta['num_classes']) - train_ids})" if train_ids < int(meta["num_classes"]) else "")
+            held = (f" left for training (--val_fraction={cfg.val_fraction} holds out {val_ids} more)"
+                    if val_ids and pipeline.val_rule(data_dir, cfg.val_fraction).by == "identity" else "")
             raise StageError(f"--ids_per_batch={train_cfg.pk[0]} but {data_dir} has only {train_ids} identities{held}")
         steps = max(1, n_train // train_cfg.batch_size)
         self.log(f"[stage] {label}: training {stage.epochs} epochs × {steps} steps "
@@ -491,11 +491,11 @@ class Runner:
         return record
 
     def _split_sizes(self, data_dir: str, train_cfg: pipeline.InputConfig, num_classes: Optional[int]):
-        """(train records, val records, train identities) that a stage trains and validates on."""
+        """(train records, val records, train identities, val identities) a stage trains and validates on."""
         meta = read_meta(data_dir)
         n_train = self._readable(data_dir, num_classes) if self.cfg.skip_corrupt else int(meta["splits"]["train"])
         if not train_cfg.val_fraction:
-            return n_train, 0, int(meta["num_classes"])
+            return n_train, 0, int(meta["num_classes"]), 0
         counts = pipeline.split_counts(data_dir, train_cfg)
         if not counts["train"]:
             raise DataError(f"{data_dir}: --val_fraction={train_cfg.val_fraction} leaves no train record "
@@ -507,7 +507,7 @@ class Runner:
             self.log(f"[data] {data_dir}: val split = {counts['val']} of the {counts['train'] + counts['val']} train "
                      f"records ({counts['val_ids']} identities), held out by {rule.by} (fraction {rule.fraction:.3g}"
                      f"{capped}, the data's seed {rule.seed}); models are chosen on it, the test split only measures")
-        return n_train - counts["val"], counts["val"], counts["train_ids"]
+        return n_train - counts["val"], counts["val"], counts["train_ids"], counts["val_ids"]
 
     def _val_dataset(self, data_dir: str, val_cfg: pipeline.InputConfig, cache, n_val: int):
         """(dataset, steps): the val split, evaluated by `fit` after every epoch with the same loss terms

@@ -75,6 +75,18 @@ def test_a_stage_saved_with_other_settings_is_refused_naming_them(data_dir, tmp_
     assert str(e.value).endswith("; use --overwrite to retrain or another --model_dir")
 
 
+def test_a_stage_trained_before_the_val_split_is_refused_and_reused_with_it_off(data_dir, tmp_path):
+    """A model_dir of a keras-kd before the val split: its stages trained on what is now held out."""
+    old, _ = _runner(data_dir, tmp_path, val_fraction=0.0)
+    _save_classify(old)
+    now, _ = _runner(data_dir, tmp_path)
+    with pytest.raises(StageError, match=r"^stage classify/teacher: saved with val_fraction=unset \(now 0\.1\), "
+                                         r"val_max_images=unset \(now 500\); use --overwrite"):
+        now.ensure("classify", "teacher")
+    off, _ = _runner(data_dir, tmp_path, val_fraction=0.0)
+    assert off.ensure("classify", "student_d8_label_soft")["metrics"] == {"top1": 0.5}
+
+
 def test_the_same_settings_reuse_the_stage(data_dir, tmp_path):
     runner, _ = _runner(data_dir, tmp_path)
     _save_classify(runner)

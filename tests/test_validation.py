@@ -12,7 +12,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline, synthetic
 from keras_kd.data.example import DataError, parse_example, read_meta, shard_paths
 from keras_kd.keras import tf
-from keras_kd.stages import Runner
+from keras_kd.stages import Runner, StageError
 from keras_kd.tasks import TASKS
 
 
@@ -138,9 +138,13 @@ def test_results_md_says_which_split_chose_the_best_student(tmp_path):
     line = next(ln for ln in text.splitlines() if ln.startswith("- best student"))
     assert "by validation nrmse" in line and "/8 b (val 11.00, test 12.00)" in line
     assert "| a | 10.00 |" in text and "val nrmse (%)" in text   # test figures reported, val beside them
+    # --mode=evaluate on other data: the val figures are still the training data's, and the file says so.
+    text = results.write_markdown({**res, "eval_data": "/x/other", "trained_on": "d"}, str(tmp_path / "eval.md"))
+    assert "- val: the validation split of the training data (d)" in text
     models[2].pop("val_metrics")
     text = results.write_markdown(res, str(tmp_path / "results.md"))
     assert "by TEST nrmse" in next(ln for ln in text.splitlines() if ln.startswith("- best student"))
+    assert "- val:" not in text
 
 
 def test_training_curves_draw_val_beside_train(tmp_path):
@@ -185,6 +189,19 @@ def test_a_trained_stage_validates_every_epoch_and_records_val_metrics(data_dir,
     saved = json.loads((tmp_path / "classify" / "results.json").read_text())
     results.validate(saved)
     assert saved["models"][0]["val_metrics"] == rec["val_metrics"] and data["models"][0]["metrics"] == rec["metrics"]
+
+
+def test_pk_batches_need_p_identities_left_for_training(identity_dir, tmp_path):
+    """On data split by identity the val split holds out whole people: P×K batches need P of those left."""
+    cfg = Config(data=identity_dir, model_dir=str(tmp_path), image_size=32, students=(8,), verbose=0,
+                 val_fraction=0.25, verify_softmax=(False,), images_per_id=2, ids_per_batch=2)
+    counts = pipeline.split_counts(identity_dir, TASKS["verify"].batch_config(cfg, True))
+    p = counts["train_ids"] + 1
+    assert p <= counts["train_ids"] + counts["val_ids"]           # enough people before the carve
+    runner = Runner(cfg.replace(ids_per_batch=p), tf.distribute.get_strategy(), log=lambda _: None)
+    with pytest.raises(StageError, match=rf"^--ids_per_batch={p} but {identity_dir} has only {p - 1} identities left "
+                                         rf"for training \(--val_fraction=0.25 holds out {counts['val_ids']} more\)$"):
+        runner.ensure("verify", "student_d8_pretrain")
 
 
 def test_a_val_fraction_that_leaves_no_train_record_stops_naming_the_data(tmp_path, monkeypatch):

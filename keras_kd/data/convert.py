@@ -5,6 +5,8 @@
     python -m keras_kd.data.convert --layout=lfw --src=/data/lfw --pairs=/data/pairs.txt --out=data/lfw --all_test
     python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl
     python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl --face_crop
+    python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl_det \
+        --face_crop --face_crop_box=detector          # crops around a face detector's box, not the landmarks
 
 Bad input (a missing path, a malformed list line) ends with one line naming the file and exit code 2.
 """
@@ -15,7 +17,7 @@ import os
 from absl import app
 
 from flags.convert import FLAGS
-from keras_kd.data import layouts
+from keras_kd.data import face_detect, layouts
 from keras_kd.data.example import DataError, die, write_dataset
 from keras_kd.data.synthetic import write_synthetic
 
@@ -47,11 +49,22 @@ def main(argv: list[str]) -> None:
             total, items = len(items), layouts.subset(items, n, FLAGS.seed, FLAGS.skip_images)
             if not items:
                 raise DataError(f"{FLAGS.src}: --skip_images={FLAGS.skip_images} leaves none of its {total} images")
-        if FLAGS.face_crop:
+        extra = {}
+        if FLAGS.face_crop and FLAGS.face_crop_box == "detector":
+            items, report = layouts.detector_crops(items, FLAGS.face_crop_margin, FLAGS.face_crop_size,
+                                                   FLAGS.detector_fallback)
+            print(f"[convert] {report.summary()}")
+            if not report.found:  # (so --detector_fallback=drop always leaves an image)
+                raise DataError(f"{FLAGS.src}: the face detector found no face in any of its {report.images} "
+                                "images; use --face_crop_box=landmarks")
+            name += f"-crop{FLAGS.face_crop_margin:g}x{FLAGS.face_crop_size}-det{FLAGS.detector_fallback}"
+            extra["face_crop"] = {**report.meta(), "margin": FLAGS.face_crop_margin, "size": FLAGS.face_crop_size}
+        elif FLAGS.face_crop:
             items = layouts.face_crops(items, FLAGS.face_crop_margin, FLAGS.face_crop_size)
             name += f"-crop{FLAGS.face_crop_margin:g}x{FLAGS.face_crop_size}"
-        write_dataset(FLAGS.out, items, name, pairs=pairs, **write_kwargs)
-    except DataError as e:
+            extra["face_crop"] = {"box": "landmarks", "margin": FLAGS.face_crop_margin, "size": FLAGS.face_crop_size}
+        write_dataset(FLAGS.out, items, name, pairs=pairs, extra_meta=extra, **write_kwargs)
+    except (DataError, face_detect.DetectorUnavailable) as e:
         die(str(e))
 
 

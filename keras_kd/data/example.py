@@ -129,13 +129,14 @@ def _atomic_write_text(path: str, text: str) -> None:
 def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: bool = False,
                   test_fraction: float = 0.2, split_by: str = "image", seed: int = 0,
                   records_per_shard: int = 2000, pairs: Optional[Sequence[tuple]] = None,
-                  all_test: bool = False, log=print) -> dict:
+                  all_test: bool = False, extra_meta: Optional[dict] = None, log=print) -> dict:
     """Writes items as split, sharded TFRecords plus meta.json; returns the meta dict.
 
     Undecodable images are counted and skipped (listed in the summary), never fatal: one bad file in a
     large crawl should not cost the conversion. `all_test=True` writes everything to the test split (an
     evaluation-only set such as LFW). Labels are remapped to 0..C-1 in sorted order of the original keys;
-    `meta["class_names"]` keeps the original keys.
+    `meta["class_names"]` keeps the original keys. `extra_meta` adds keys (how the images were made, e.g.
+    the face crop's box and the detector's hit rate).
     """
     items = list(items)
     if not items:
@@ -177,6 +178,7 @@ def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: 
         "seed": seed,
         "pairs": len(kept_pairs),
         "skipped": len(skipped),
+        **(extra_meta or {}),
     }
     _atomic_write_text(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=1))
     log(f"[convert] {name}: wrote {counts.get('train', 0)} train + {counts.get('test', 0)} test records, "

@@ -263,8 +263,24 @@ def face_crops(items: list[Item], margin: float = DEFAULT_CROP_MARGIN, size: int
         box = face_crop_box(it.landmarks, margin)
         if box[2] < 2:
             raise DataError(f"{it.origin or it.source}: its landmarks span {box[2]:.2g} px; no face to crop")
-        scale = size / box[2]
-        moved = (it.landmarks - np.array(box[:2], np.float32)) * scale
-        out.append(dataclasses.replace(it, load=_crop_load(it.load, box, size, it.source),
-                                       landmarks=moved.astype(np.float32)))
+        out.append(_cropped(it, box, size))
     return out
+
+
+def detector_crops(items: list[Item], margin: float = DEFAULT_CROP_MARGIN, size: int = 64,
+                   fallback: str = "jitter", detector=None):
+    """(items, report): each item as a `size`×`size` crop around the face a detector finds, not around its
+    landmarks (`face_detect`), so that no image's crop knows where its landmarks are; the images it misses
+    take the fallback (jittered landmark crop, or dropped). Landmarks, when there are any, move into the crop."""
+    from keras_kd.data import face_detect
+
+    boxes, report = face_detect.detector_boxes(items, margin, fallback, detector)
+    return [_cropped(it, box, size) for it, box in zip(items, boxes) if box is not None], report
+
+
+def _cropped(it: Item, box: tuple[float, float, float], size: int) -> Item:
+    """The item as the `size`×`size` crop of `box` (x0, y0, side), its landmarks moved with it."""
+    moved = None
+    if it.landmarks is not None:
+        moved = ((it.landmarks - np.array(box[:2], np.float32)) * (size / box[2])).astype(np.float32)
+    return dataclasses.replace(it, load=_crop_load(it.load, box, size, it.source), landmarks=moved)

@@ -151,9 +151,11 @@ _HASH_BUCKETS = 2**62
 
 def is_val(rec: dict, rule: ValRule):
     """True (a bool tensor) when a parsed record belongs to the val split under `rule`."""
-    if rule.by == "identity":
-        names = tf.constant(list(rule.class_names) or [""])
+    if rule.by == "identity" and rule.class_names:  # the identity's name: adding people moves no one else
+        names = tf.constant(list(rule.class_names))
         key = tf.gather(names, tf.clip_by_value(tf.cast(rec["label"], tf.int32), 0, len(rule.class_names) - 1))
+    elif rule.by == "identity":
+        key = tf.strings.as_string(rec["label"])
     else:
         key = rec["source"]
     bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([f"{rule.seed}:val:", key]), _HASH_BUCKETS)
@@ -168,6 +170,8 @@ def split_counts(data_dir: str, cfg: InputConfig) -> dict:
     shards' sources and labels, no image decoded; remembered for the process)."""
     rule = val_rule(data_dir, cfg.val_fraction)
     shards = shard_paths(data_dir, "train")
+    if not shards:
+        raise DataError(f"{data_dir}: no train-*.tfrecord files")
     key = (os.path.abspath(data_dir), tuple((p, os.path.getsize(p)) for p in shards), rule, cfg.skip_corrupt)
     if key not in _counts:
         spec = {k: v for k, v in FEATURES.items() if k in ("image/source", "image/label")}
