@@ -92,6 +92,14 @@ class _NanGuard(keras.callbacks.Callback):
             self.bad = (self._epoch, int(batch), float(loss))
             self.model.stop_training = True
 
+    def on_epoch_end(self, epoch, logs=None):
+        # Weights can blow up without a NaN training loss and show it first on the validation split; the
+        # backup of this epoch end (a callback after this one) must not keep them either.
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
+            self.bad = (epoch, int((self.params or {}).get("steps") or 1) - 1, float(loss))
+            self.model.stop_training = True
+
 
 class _EpochLog(keras.callbacks.Callback):
     """Per-epoch logs kept beside the backup, so a resumed stage reports its whole training history."""
