@@ -28,7 +28,7 @@ import numpy as np
 from bench import common
 from export import saved_model, tflite
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import network, resnet
 
 TASK = "align"
 KINDS = ("fp32", "fp16", "dynamic", "int8")
@@ -73,7 +73,7 @@ def main(argv=None) -> list:
             name = "teacher" if width == 1 else f"student_d{width}"
             keras.utils.set_random_seed(0)
             model = resnet.build_model(width, size, common.QUICK_CLASSES, heads=("landmarks",), name=name)
-            flops = resnet.count_flops(model)
+            flops = network.count_flops(model)
             sm = os.path.join(tmp, name, "saved_model", "1")
             saved_model.save(model, TASK, size, sm)
             kinds = ("fp32",) if width == 1 else KINDS

@@ -4,7 +4,7 @@
 
 FLOPs are counted by TensorFlow's profiler (tf.compat.v1.profiler, float_operation) on the graph of a
 concrete function at the benchmark's batch size: the forward pass alone (compared with
-`resnet.count_flops`, the model's own count: 2 × multiply-adds of convolutions and dense layers) and the
+`network.count_flops`, the model's own count: 2 × multiply-adds of convolutions and dense layers) and the
 whole train step (forward, Conv2DBackpropInput/Filter, MatMul gradients, the optimizer's element-wise
 ops). The train step is timed as bench.train_step does (fit's train function on a fixed batch).
 
@@ -19,7 +19,7 @@ import gc
 
 from bench import common
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import network, resnet
 
 
 def graph_flops(concrete) -> int:
@@ -55,7 +55,7 @@ def train_step_flops(width: int, size: int, batch: int, classes: int, kind: str,
         tf.TensorSpec([batch, size, size, 3], tf.float32))
     step = tf.function(d.train_step).get_concrete_function(
         (tf.TensorSpec([batch, size, size, 3], tf.float32), {"label": tf.TensorSpec([batch], tf.int32)}))
-    return {"d": d, "x": x, "y": y, "fwd_graph": graph_flops(fwd), "fwd_model": resnet.count_flops(d.student) * batch,
+    return {"d": d, "x": x, "y": y, "fwd_graph": graph_flops(fwd), "fwd_model": network.count_flops(d.student) * batch,
             "step_graph": graph_flops(step)}
 
 

@@ -3,7 +3,7 @@
     python -m bench.scaling [--widths=1,2,4,8,16] [--sizes=32,48,64,96,128,160,224] [--png=bench/scaling.png]
 
 Two sweeps of the plain (labels-only) train step, batch 32, 30 classes: the width divisor at the quick
-preset's 48 px, and the input size for the /8 student. The FLOP model is `resnet.count_flops` × batch × 3
+preset's 48 px, and the input size for the /8 student. The FLOP model is `network.count_flops` × batch × 3
 (forward + the two backward convolutions; bench.flops measures the graph's ratio at ≈ 2.95). Two ways to
 read it:
 
@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from bench import common
-from keras_kd.models import resnet
+from keras_kd.models import network
 
 CLASSES = common.QUICK_CLASSES
 
@@ -29,7 +29,7 @@ def step_time(width: int, size: int, batch: int, repeats: int) -> tuple:
     keras.utils.set_random_seed(0)
     d = common.distiller(width, size, CLASSES, "plain")
     x, y = common.random_batch(batch, size, CLASSES)
-    flops = 3 * resnet.count_flops(d.student) * batch
+    flops = 3 * network.count_flops(d.student) * batch
     number = max(1, min(5, int(2e9 // max(flops, 1))))
     secs = common.rounds({"s": common.step_fn(d, x, y)}, repeats, number)["s"]
     return secs, flops

@@ -44,6 +44,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import parse_example, shard_paths
 from keras_kd.keras import keras, tf
+from keras_kd.models import archs
 from keras_kd.stages import Runner
 from keras_kd.tasks import TASKS, Stage
 
@@ -188,7 +189,8 @@ def load_stage(runner: Runner, task: str, name: str):
         raise ExportError(f"{record_path}: saved with {', '.join(diff)}")
     stage = runner.plan(task).get(name) or Stage(
         task, name, int(record["width_divisor"]), str(record.get("init", "")), int(record.get("epochs", 1)),
-        runner.cfg.lr_init, softmax=bool(record.get("softmax", False)))
+        runner.cfg.lr_init, softmax=bool(record.get("softmax", False)), arch=record.get("arch", archs.DEFAULT),
+        width=float(record.get("width", 1.0)))
     model = runner.build(stage)  # outside the run's strategy: export is a single-process step
     try:
         model.load_weights(weights)

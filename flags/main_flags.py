@@ -7,6 +7,7 @@ from flags.presets import PRESETS
 from keras_kd.config import Config
 from keras_kd.distribute import STRATEGIES
 from keras_kd.distill import methods
+from keras_kd.models import archs
 
 TASK_NAMES = ("classify", "align", "verify")
 D = Config()  # defaults when neither a preset nor the command line sets a flag
@@ -71,7 +72,13 @@ flags.DEFINE_enum("export_models", "best", ["best", "all"], "Which students main
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
                      lower_bound=0, upper_bound=2)
 
-flags.DEFINE_list("students", None, "Student width divisors (channels ÷ d), e.g. 2,4,8.")
+flags.DEFINE_list("students", None, "ResNet-50 student width divisors (channels ÷ d), e.g. 2,4,8.")
+flags.DEFINE_list("student_arch", ["resnet50"], "Student architectures (keras_kd/models/archs.py): resnet50 "
+                  "(one student per --students divisor), mobilefacenet, mobilenet_v3_small, mobilenet_v3_large "
+                  "(one student each, at --student_width), distilled from the same teacher; e.g. "
+                  "resnet50,mobilefacenet.")
+flags.DEFINE_float("student_width", 1.0, "Width multiplier of the non-ResNet students (MobileNetV3's alpha; "
+                   "MobileFaceNet's channels × width).", lower_bound=0.05)
 flags.DEFINE_integer("image_size", None, "Input crop size (crops of images resized by 256/224).", lower_bound=32)
 flags.DEFINE_enum("landmark_head", None, ["heatmap", "spatial", "pooled"], "Alignment head (models/heads.py): "
                   "heatmap (soft-argmax over heat maps of the stage-2 map; K is the heat maps), spatial (fc over "
@@ -164,6 +171,8 @@ def _split_ab(v: str):
 flags.register_validator("seeds", lambda v: all(x.strip().isdigit() for x in v) and len(set(v)) == len(v),
                          "--seeds: distinct non-negative integers, e.g. 0,1,2")
 flags.register_validator("students", _positive_ints, "--students: positive integers, e.g. 2,4,8")
+flags.register_validator("student_arch", lambda v: bool(v) and set(v) <= set(archs.ARCHS) and len(set(v)) == len(v),
+                         f"--student_arch: distinct names among {', '.join(archs.ARCHS)}")
 flags.register_validator("ab_grid", _ab_pairs, "--ab_grid: α:β pairs of numbers, e.g. 0:0,0:1,1:0")
 flags.register_validator("scratch_targets", lambda v: set(v) <= {"soft", "logits", "hidden"},
                          "--scratch_targets: any of soft, logits, hidden")

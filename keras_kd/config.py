@@ -34,7 +34,9 @@ class Config:
     teacher_outputs: str = ""              # a file of a teacher's outputs per record (teachers/outputs.py)
 
     # models
-    students: Tuple[int, ...] = (2, 4, 8)
+    students: Tuple[int, ...] = (2, 4, 8)  # ResNet-50 width divisors
+    student_arch: Tuple[str, ...] = ("resnet50",)  # models/archs.py; other archs add one student each
+    student_width: float = 1.0             # width multiplier of the non-ResNet students
     image_size: int = 48
     embedding_dim: int = 0
     landmark_head: str = "pooled"          # pooled (the paper's fc on K) | spatial (models/heads.py)

@@ -23,7 +23,7 @@ from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.data.example import DataError, read_meta
 from keras_kd.keras import keras
-from keras_kd.models import resnet
+from keras_kd.models import archs
 from keras_kd.stages import StageError, _naming_bad_records, synthetic_dir
 from keras_kd.tasks import TASKS
 
@@ -97,9 +97,10 @@ def _load(rec: dict, cfg: Config, out_dir: str) -> keras.Model:
     path = os.path.join(out_dir, "stages", rec["name"] + ".weights.h5")
     if not os.path.exists(path):
         raise StageError(f"{path}: missing; results.json lists {rec['name']} but its weights are gone")
-    model = resnet.build_model(int(rec["width_divisor"]), int(rec.get("image_size", cfg.image_size)),
-                               int(rec.get("num_classes", 0)), TASKS[cfg.task].heads, cfg.embedding_dim,
-                               name=rec["name"], landmark_head=rec.get("landmark_head", "pooled"))
+    model = archs.build_model(rec.get("arch", archs.DEFAULT), int(rec["width_divisor"]),
+                              int(rec.get("image_size", cfg.image_size)), int(rec.get("num_classes", 0)),
+                              TASKS[cfg.task].heads, cfg.embedding_dim, name=rec["name"],
+                              landmark_head=rec.get("landmark_head", "pooled"), width=float(rec.get("width", 1.0)))
     try:
         model.load_weights(path)
     except (OSError, ValueError) as e:

@@ -43,7 +43,7 @@ from keras_kd.data.example import DataError, read_meta
 from keras_kd.distill import methods, teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import archs, network
 from keras_kd.tasks import TASKS, Stage
 from keras_kd.teachers import external
 
@@ -156,6 +156,12 @@ class _Backup(keras.callbacks.BackupAndRestore):
             super()._backup(epoch, batch)
 
 
+def _arch_fields(stage: Stage) -> dict:
+    """A stage's architecture in its signature: absent for ResNet-50/d, so records saved before other
+    architectures existed keep their signatures."""
+    return {} if stage.arch == archs.DEFAULT else {"arch": stage.arch, "width": stage.width}
+
+
 class Runner:
     def __init__(self, cfg: Config, strategy: Optional[tf.distribute.Strategy] = None,
                  log: Callable[[str], None] = print):
@@ -243,9 +249,9 @@ class Runner:
         return os.path.join(root or self.cfg.model_dir, stage.task, "backup", stage.name)
 
     def build(self, stage: Stage) -> keras.Model:
-        return resnet.build_model(stage.width_divisor, self.cfg.image_size, self.num_classes,
-                                  TASKS[stage.task].heads, self.cfg.embedding_dim, name=stage.name,
-                                  landmark_head=self.cfg.landmark_head)
+        return archs.build_model(stage.arch, stage.width_divisor, self.cfg.image_size, self.num_classes,
+                                 TASKS[stage.task].heads, self.cfg.embedding_dim, name=stage.name,
+                                 landmark_head=self.cfg.landmark_head, width=stage.width)
 
     # ---- running -------------------------------------------------------------------------------
     def ensure(self, task: str, name: str) -> dict:
@@ -311,7 +317,8 @@ class Runner:
         cfg, task = self.cfg, TASKS[stage.task]
         train_cfg = task.batch_config(cfg, training=True)
         weights = dict(stage.targets)
-        sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor, "init": stage.init,
+        sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor, **_arch_fields(stage),
+               "init": stage.init,
                "epochs": stage.epochs, "lr": stage.lr, "task_loss": stage.task_loss,
                "alpha": weights.pop("soft", 0.0), "beta": weights.pop("hidden", 0.0),
                **{f"target.{n}": w for n, w in weights.items()}}
@@ -394,7 +401,7 @@ class Runner:
     def _initial(self, stage: Stage, model: keras.Model) -> None:
         copied = []
         if stage.init_from is not None:
-            copied = resnet.transfer_weights(self.load(*stage.init_from), model)
+            copied = network.transfer_weights(self.load(*stage.init_from), model)
             self.log(f"[stage] {stage.task}/{stage.name}: initialized {len(copied)} layers from "
                      f"{'/'.join(stage.init_from)}")
         TASKS[stage.task].init_heads(model, copied, self.data_dir(stage.task), self.cfg)
@@ -466,10 +473,10 @@ class Runner:
             # What models are chosen by: the test split above is only reported.
             val_metrics = task.evaluate(student, data_dir, cfg, split="val")[0] if stage.evaluate and n_val else {}
         record = {
-            "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor,
-            "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
+            "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor, "arch": stage.arch,
+            "width": stage.width, "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
             "alpha": stage.weight_of("soft"), "beta": stage.weight_of("hidden"),
-            "params": resnet.count_params(student), "flops": resnet.count_flops(student),
+            "params": network.count_params(student), "flops": network.count_flops(student),
             "metrics": {k: float(v) for k, v in metrics.items()},
             "epochs": stage.epochs, "train_seconds": round(seconds, 1), "seed": cfg.seed,
             "image_size": cfg.image_size, "num_classes": self.num_classes, "data": meta["name"],

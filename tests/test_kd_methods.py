@@ -14,7 +14,7 @@ from keras_kd.config import Config
 from keras_kd.distill import losses, methods
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import archs, resnet
 from keras_kd.stages import Runner, StageError
 from keras_kd.tasks import TASKS
 
@@ -173,8 +173,24 @@ def test_attention_transfer_matches_the_reference_and_is_zero_at_equality():
                                      [tf.constant(m, tf.float32) for m in s_maps])
     np.testing.assert_allclose(_np(same), 0.0, atol=1e-7)
     _no_teacher_gradient(lambda a, b: losses.attention_transfer([a], [b]), s_maps[0], t_maps[0][..., :2])
-    with pytest.raises(ValueError, match="spatial sizes differ"):
-        losses.attention_transfer([tf.constant(s_maps[0], tf.float32)], [tf.constant(t_maps[1], tf.float32)])
+
+
+def test_attention_transfer_resizes_a_student_map_of_another_stride_to_the_teachers_grid():
+    """MobileFaceNet's stage 4 is 3×3 where ResNet's is 2×2 (48 px): the student's attention is resized."""
+    flat = losses.attention_transfer([tf.ones((2, 4, 4, 3))], [tf.ones((2, 2, 2, 5))])
+    np.testing.assert_allclose(_np(flat), 0.0, atol=1e-7)
+    s = np.zeros((1, 4, 4, 3), np.float32)
+    s[:, :2, :2] = 1.0  # the student's energy in its top-left quarter
+    corner = lambda i, j: np.pad(np.ones((1, 1, 1, 5), np.float32), [(0, 0), (i, 1 - i), (j, 1 - j), (0, 0)])  # noqa: E731
+    near = _np(losses.attention_transfer([tf.constant(s)], [tf.constant(corner(0, 0))]))
+    far = _np(losses.attention_transfer([tf.constant(s)], [tf.constant(corner(1, 1))]))
+    assert near[0] < 0.25 * far[0]
+    rng = np.random.default_rng(3)
+    odd = tf.Variable(rng.normal(size=(2, 3, 3, 4)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(losses.attention_transfer([odd], [tf.constant(rng.normal(size=(2, 2, 2, 6)), tf.float32)]))
+    grad = tape.gradient(loss, odd)
+    assert np.isfinite(_np(loss)) and np.abs(_np(grad)).sum() > 0
 
 
 # ---- RKD ---------------------------------------------------------------------------------------------
@@ -368,9 +384,9 @@ def test_feature_layers_are_the_last_block_of_each_stage():
         assert layer.output.shape[1] == SIZE // 2 ** (s + 1)
         assert {n.outbound_layer.name for n in layer._outbound_nodes} <= {f"s{s + 1}b1_conv1", f"s{s + 1}b1_proj",
                                                                           "hidden"}
-    assert resnet.feature_model(model, ["logits", "hidden"]) is model
+    assert archs.feature_model(model, ["logits", "hidden"]) is model
     with pytest.raises(ValueError, match="no feature named"):
-        resnet.feature_model(model, ["stage9"])
+        archs.feature_model(model, ["stage9"])
 
 
 # ---- the Distiller composing them --------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import network, resnet
 
 SIZE = 32
 CLASSES = 5
@@ -67,7 +67,7 @@ def test_params_scale_as_one_over_d_squared():
     # ResNet-50 without its 1000-way fc: 25.56M − 2.05M ≈ 23.5M.
     assert 23.3e6 < t < 23.7e6
     # count_params counts every trainable weight, the class head included (2049 · 2 here).
-    assert resnet.count_params(teacher) == t + 2049 * 2
+    assert network.count_params(teacher) == t + 2049 * 2
     for d in (2, 4, 8):
         s = _trunk_params(resnet.build_model(d, SIZE, 2))
         assert abs(s / (t / d**2) - 1) < 0.10, (d, s, t / d**2)
@@ -99,7 +99,7 @@ def _resnet50_macs(size: int, d: int, classes: int) -> int:
 
 def test_flops_of_the_teacher_at_224():
     m = resnet.build_model(1, 224, 1000)
-    flops = resnet.count_flops(m)
+    flops = network.count_flops(m)
     macs = _resnet50_macs(224, 1, 1000)
     # Derived above: 4,089,184,256 MACs, the familiar "ResNet-50 ≈ 4.1 GMACs" (torchvision: 4.09 G).
     # count_flops reports 2 × MACs = 8,178,368,512 ≈ 8.2 GFLOPs.
@@ -111,7 +111,7 @@ def test_flops_of_the_teacher_at_224():
 def test_flops_of_students_follow_the_same_count():
     for d in (2, 8):
         m = resnet.build_model(d, SIZE, CLASSES)
-        assert resnet.count_flops(m) == 2 * _resnet50_macs(SIZE, d, CLASSES)
+        assert network.count_flops(m) == 2 * _resnet50_macs(SIZE, d, CLASSES)
 
 
 def test_transfer_weights_classify_to_align():
@@ -126,7 +126,7 @@ def test_transfer_weights_classify_to_align():
     assert not np.array_equal(cls.get_layer("stem_conv").get_weights()[0],
                               align.get_layer("stem_conv").get_weights()[0])
 
-    copied = resnet.transfer_weights(cls, align)
+    copied = network.transfer_weights(cls, align)
 
     with_weights = [layer.name for layer in cls.layers if layer.weights]
     assert sorted(copied) == sorted(with_weights)
@@ -145,9 +145,9 @@ def test_transfer_weights_classify_to_align():
 
 def test_transfer_weights_width_mismatch_raises():
     with pytest.raises(ValueError, match="cannot transfer layer"):
-        resnet.transfer_weights(resnet.build_model(8, SIZE, CLASSES), resnet.build_model(4, SIZE, CLASSES))
+        network.transfer_weights(resnet.build_model(8, SIZE, CLASSES), resnet.build_model(4, SIZE, CLASSES))
     with pytest.raises(ValueError, match="'logits'"):  # same trunk, different class count
-        resnet.transfer_weights(resnet.build_model(8, SIZE, CLASSES), resnet.build_model(8, SIZE, CLASSES + 1))
+        network.transfer_weights(resnet.build_model(8, SIZE, CLASSES), resnet.build_model(8, SIZE, CLASSES + 1))
 
 
 @pytest.mark.parametrize("d", [0, -2])

@@ -7,7 +7,7 @@
 The student and teacher stay plain functional models; the Distiller only adds losses (the components of
 `distill/methods.py`, by name or as objects) and the small adapters some of them need when widths differ.
 Intermediate features a loss reads (attention transfer's stage maps) come from a feature model over the
-same layers (`models/resnet.feature_model`), so the student itself is never rebuilt. With no teacher it is
+same layers (`models/archs.feature_model`), so the student itself is never rebuilt. With no teacher it is
 plain supervised training, so every stage of a run — teacher, label-only student, distilled student — goes
 through the same loss reduction and logging. Export the student alone: the Distiller is a training
 device, not a deliverable.
@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 from keras_kd.config import Config
 from keras_kd.distill import methods
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import archs
 
 
 class Distiller(keras.Model):
@@ -49,8 +49,8 @@ class Distiller(keras.Model):
             raise ValueError(f"a distillation target is given twice: {names}")
         keys = sorted({k for t, _ in self.targets for k in t.keys})
         # The networks as feature extractors (themselves when their outputs suffice), built here once.
-        self._student_features = resnet.feature_model(student, keys)
-        self._teacher_features = resnet.feature_model(teacher, keys) if self.targets else None
+        self._student_features = archs.feature_model(student, keys)
+        self._teacher_features = archs.feature_model(teacher, keys) if self.targets else None
         self.adapters = {t.name: self._adapter(t) for t, _ in self.targets}
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ["loss"] + (["task"] if task_loss else []) + names}

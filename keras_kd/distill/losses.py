@@ -183,8 +183,14 @@ def attention_transfer(student_maps: Sequence, teacher_maps: Sequence, p: float 
     total = 0.0
     for s, t in zip(student_maps, teacher_maps):
         if s.shape[1:3] != t.shape[1:3]:
-            raise ValueError(f"attention transfer: spatial sizes differ ({s.shape[1:3]} vs {t.shape[1:3]})")
-        diff = attention_map(s, p) - attention_map(tf.stop_gradient(t), p)
+            # Architectures with other strides (MobileFaceNet's stage 4 is stride 16, ResNet's 32): the
+            # student's attention is resized to the teacher's grid before normalization.
+            q = tf.reduce_mean(tf.pow(tf.abs(s), p), axis=-1, keepdims=True)
+            q = tf.image.resize(q, t.shape[1:3], method="bilinear", antialias=True)
+            s_att = tf.math.l2_normalize(tf.reshape(q, [tf.shape(q)[0], -1]), axis=1, epsilon=1e-24)
+        else:
+            s_att = attention_map(s, p)
+        diff = s_att - attention_map(tf.stop_gradient(t), p)
         total += tf.reduce_mean(tf.square(diff), axis=1)
     return total
 

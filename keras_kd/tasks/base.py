@@ -17,6 +17,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import methods
 from keras_kd.keras import keras, tf
+from keras_kd.models import archs
 
 StageRef = Tuple[str, str]  # (task, stage name)
 
@@ -37,6 +38,8 @@ class Stage:
     task_loss: bool = True
     softmax: bool = False                  # verification: joint triplet + softmax loss
     evaluate: bool = True                  # hint-only stages are not a model to report
+    arch: str = archs.DEFAULT              # models/archs.py; width_divisor applies to ResNet only
+    width: float = 1.0                     # width multiplier of the other architectures
 
     @property
     def role(self) -> str:
@@ -127,6 +130,33 @@ class Task:
     def chosen_by(self, models: list) -> str:
         """Which split chose `best_students`: 'val', or 'test' for records without val metrics."""
         return results.best_students(models, self.headline, self.lower_is_better)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """One student network of the run: what its stage names say (`tag`) and the Stage fields that build it."""
+
+    tag: str
+    width_divisor: int
+    arch: str = archs.DEFAULT
+    width: float = 1.0
+
+    @property
+    def build(self) -> dict:
+        """Stage(...) keywords beyond width_divisor: nothing for ResNet, so its stages compare as before."""
+        return {} if self.arch == archs.DEFAULT else {"arch": self.arch, "width": self.width}
+
+
+def students(cfg: Config) -> List[Student]:
+    """The run's students: ResNet-50/d for each --students divisor when resnet50 is in --student_arch, then
+    one student of each other --student_arch at --student_width (all distilled from the same teacher)."""
+    out = []
+    for arch in cfg.student_arch:
+        if archs.get(arch).width_multiplier:
+            out.append(Student(archs.student_tag(arch, width=cfg.student_width), 1, arch, float(cfg.student_width)))
+        else:
+            out += [Student(archs.student_tag(arch, d), int(d), arch) for d in cfg.students]
+    return out
 
 
 def input_config(cfg: Config, batch_size: int, **kw) -> pipeline.InputConfig:

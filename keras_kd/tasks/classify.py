@@ -8,7 +8,7 @@ from keras_kd.data import pipeline
 from keras_kd.distill import losses, methods
 from keras_kd.keras import tf
 from keras_kd.tasks import verification
-from keras_kd.tasks.base import Stage, Task, predict, unique_stages
+from keras_kd.tasks.base import Stage, Task, predict, students, unique_stages
 
 
 class Classify(Task):
@@ -23,29 +23,31 @@ class Classify(Task):
         c = self.name
         stages = [Stage(c, "teacher", 1, "scratch", cfg.teacher_epochs, cfg.lr_scratch)]
         soft = (("soft", cfg.alpha),)
-        for d in cfg.students:
-            label = Stage(c, f"student_d{d}_label", d, "scratch", cfg.student_epochs, cfg.lr_scratch)
+        for st in students(cfg):
+            d, kw = st.width_divisor, st.build
+            label = Stage(c, f"student_{st.tag}_label", d, "scratch", cfg.student_epochs, cfg.lr_scratch, **kw)
             stages.append(label)
             teacher = (c, "teacher")
             if "scratch" in cfg.cls_inits:
-                stages += [Stage(c, f"student_d{d}_scratch_{t}", d, "scratch", cfg.student_epochs,
-                                 cfg.lr_scratch, teacher=teacher, targets=((t, cfg.alpha),))
+                stages += [Stage(c, f"student_{st.tag}_scratch_{t}", d, "scratch", cfg.student_epochs,
+                                 cfg.lr_scratch, teacher=teacher, targets=((t, cfg.alpha),), **kw)
                            for t in cfg.scratch_targets]
             if "fitnet" in cfg.cls_inits:
                 # FitNet: regress the teacher's mid-layer first (only the layers below the hint learn),
                 # then KD with the scratch learning rate, since the deeper layers are still random.
-                hint = Stage(c, f"student_d{d}_fitnet_hint", d, "scratch", cfg.fitnet_epochs, cfg.lr_scratch,
-                             teacher=teacher, targets=(("hint", 1.0),), task_loss=False, evaluate=False)
-                stages += [hint, Stage(c, f"student_d{d}_fitnet_soft", d, "fitnet", cfg.student_epochs,
-                                       cfg.lr_scratch, init_from=(c, hint.name), teacher=teacher, targets=soft)]
+                hint = Stage(c, f"student_{st.tag}_fitnet_hint", d, "scratch", cfg.fitnet_epochs, cfg.lr_scratch,
+                             teacher=teacher, targets=(("hint", 1.0),), task_loss=False, evaluate=False, **kw)
+                stages += [hint, Stage(c, f"student_{st.tag}_fitnet_soft", d, "fitnet", cfg.student_epochs,
+                                       cfg.lr_scratch, init_from=(c, hint.name), teacher=teacher, targets=soft,
+                                       **kw)]
             if "label" in cfg.cls_inits:
-                stages.append(Stage(c, distilled_name(d, cfg), d, "label", cfg.student_epochs, cfg.lr_init,
-                                    init_from=(c, label.name), teacher=teacher, targets=ours_targets(cfg)))
+                stages.append(Stage(c, distilled_name(st.tag, cfg), d, "label", cfg.student_epochs, cfg.lr_init,
+                                    init_from=(c, label.name), teacher=teacher, targets=ours_targets(cfg), **kw))
             # The methods table: each loss on the same footing as Ours (label-only init, same epochs).
             for terms in self.method_terms(cfg):
-                stages.append(Stage(c, f"student_d{d}_label_{methods.spec_name(terms)}", d, "label",
+                stages.append(Stage(c, f"student_{st.tag}_label_{methods.spec_name(terms)}", d, "label",
                                     cfg.student_epochs, cfg.lr_init, init_from=(c, label.name),
-                                    teacher=teacher if terms else None, targets=tuple(terms)))
+                                    teacher=teacher if terms else None, targets=tuple(terms), **kw))
         return unique_stages(stages)
 
     def eval_metrics(self, stage):
@@ -69,9 +71,10 @@ def ours_targets(cfg: Config) -> tuple:
     return tuple(methods.parse_kd(cfg.kd)) if cfg.kd else (("soft", cfg.alpha),)
 
 
-def distilled_name(d: int, cfg: Config) -> str:
+def distilled_name(tag: str, cfg: Config) -> str:
     """The paper's "Ours" student (all layers initialized, then KD): what alignment/verification start from.
 
-    student_dD_label_soft with the paper's loss (whatever α, as always); named after --kd when given.
+    student_<tag>_label_soft (tag: d8, mbf, ...) with the paper's loss (whatever α, as always); named after
+    --kd when given.
     """
-    return f"student_d{d}_label_{methods.spec_name(ours_targets(cfg)) if cfg.kd else 'soft'}"
+    return f"student_{tag}_label_{methods.spec_name(ours_targets(cfg)) if cfg.kd else 'soft'}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from keras_kd.config import Config
 from keras_kd.distill import methods
-from keras_kd.tasks.base import Stage, Task, unique_stages
+from keras_kd.tasks.base import Stage, Task, students, unique_stages
 from keras_kd.tasks.classify import distilled_name
 
 
@@ -27,22 +27,23 @@ class TransferTask(Task):
             teacher = Stage(t, "teacher" + suffix, 1, "classify", cfg.teacher_transfer_epochs or cfg.transfer_epochs, lr,
                             init_from=("classify", "teacher"), softmax=softmax)
             stages.append(teacher)
-            for d in cfg.students:
-                pretrain = Stage(t, f"student_d{d}_pretrain{suffix}", d, "scratch", cfg.pretrain_epochs,
-                                 cfg.lr_scratch, softmax=softmax)
+            for st in students(cfg):
+                d, kw = st.width_divisor, st.build
+                pretrain = Stage(t, f"student_{st.tag}_pretrain{suffix}", d, "scratch", cfg.pretrain_epochs,
+                                 cfg.lr_scratch, softmax=softmax, **kw)
                 stages.append(pretrain)
-                distilled = ("classify", distilled_name(d, cfg))
+                distilled = ("classify", distilled_name(st.tag, cfg))
                 for init in cfg.transfer_inits:
                     start = (t, pretrain.name) if init == "pretrain" else distilled
                     for a, b in cfg.ab_grid:
                         stages.append(Stage(
-                            t, f"student_d{d}_{init}_a{a:g}b{b:g}{suffix}", d, init, cfg.transfer_epochs,
+                            t, f"student_{st.tag}_{init}_a{a:g}b{b:g}{suffix}", d, init, cfg.transfer_epochs,
                             lr, init_from=start, teacher=(t, teacher.name),
                             targets=tuple((n, w) for n, w in (("soft", a), ("hidden", b)) if w),
-                            softmax=softmax))
+                            softmax=softmax, **kw))
                 for terms in self.method_terms(cfg):
                     name = methods.paper_name(terms) or methods.spec_name(terms)
-                    stages.append(Stage(t, f"student_d{d}_distill_{name}{suffix}", d, "distill",
+                    stages.append(Stage(t, f"student_{st.tag}_distill_{name}{suffix}", d, "distill",
                                         cfg.transfer_epochs, lr, init_from=distilled,
-                                        teacher=(t, teacher.name), targets=tuple(terms), softmax=softmax))
+                                        teacher=(t, teacher.name), targets=tuple(terms), softmax=softmax, **kw))
         return unique_stages(stages)

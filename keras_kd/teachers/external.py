@@ -32,7 +32,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError
 from keras_kd.keras import keras, tf
-from keras_kd.models import resnet
+from keras_kd.models import network
 from keras_kd.teachers import outputs as outputs_lib
 
 NAMES = outputs_lib.NAMES  # embedding, logits, hidden, landmarks
@@ -208,7 +208,7 @@ class ExternalTeacher:
             self.widths = {k: tuple(v.shape[1:]) for k, v in probe.output.items()}
             inner = [layer for layer in probe.layers if isinstance(layer, keras.Model)]
             self.params = int(probe.count_params())
-            self.flops = resnet.count_flops(inner[0]) if inner else 0
+            self.flops = network.count_flops(inner[0]) if inner else 0
 
     @functools.cached_property
     def identity(self) -> str:

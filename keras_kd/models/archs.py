@@ -1,0 +1,96 @@
+"""The registry of network architectures: teacher and students are built by name.
+
+    build_model("resnet50", width_divisor=8, ...)          the paper's ResNet-50/8 student
+    build_model("mobilefacenet", width=0.5, ...)            a half-width MobileFaceNet
+
+An architecture is one module with `backbone(images, width_divisor, width) → {feature name: tensor}` (the
+named features "stage1".."stage4", "hint" and "hidden" = the pooled K) and one `Arch` entry below: its
+FEATURE_LAYERS (feature name → layer name, how distillation losses tap a built model's features) and the
+short tag its stage names carry ("student_mbf_label_soft"). The task heads are the same on every trunk
+(models/network.assemble).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Mapping, Sequence
+
+from keras_kd.keras import keras
+from keras_kd.models import mobilefacenet, mobilenet_v3, network, resnet
+
+DEFAULT = "resnet50"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    name: str
+    tag: str                          # in stage names: student_<tag>_...; ResNet's is d<divisor>
+    backbone: Callable
+    feature_layers: Mapping[str, str]
+    width_multiplier: bool            # whether --student_width applies (ResNet takes divisors instead)
+    summary: str
+
+
+ARCHS: Dict[str, Arch] = {a.name: a for a in [
+    Arch("resnet50", "d", resnet.backbone, resnet.FEATURE_LAYERS, False,
+         "ResNet-50 (bottleneck 3-4-6-3), channels ÷ d: the paper's teacher and students"),
+    Arch("mobilefacenet", "mbf", mobilefacenet.backbone, mobilefacenet.FEATURE_LAYERS, True,
+         "MobileFaceNet (arXiv 1804.07573): inverted bottlenecks, PReLU, GDConv, 128-d K"),
+    Arch("mobilenet_v3_small", "mv3s", mobilenet_v3.backbone_small, mobilenet_v3.FEATURE_LAYERS_SMALL, True,
+         "MobileNetV3-Small from keras.applications (no pretrained weights)"),
+    Arch("mobilenet_v3_large", "mv3l", mobilenet_v3.backbone_large, mobilenet_v3.FEATURE_LAYERS_LARGE, True,
+         "MobileNetV3-Large from keras.applications (no pretrained weights)"),
+]}
+
+
+def get(name: str) -> Arch:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}") from None
+
+
+def student_tag(arch: str, width_divisor: int = 1, width: float = 1.0) -> str:
+    """The part of a stage name that says which network it is: d8 (ResNet-50/8), mbf, mv3s_x0p5 (width 0.5)."""
+    a = get(arch)
+    if not a.width_multiplier:
+        return f"d{int(width_divisor)}"
+    return a.tag if float(width) == 1.0 else f"{a.tag}_x{float(width):g}".replace(".", "p")  # mv3s_x0p5
+
+
+def build_model(arch: str, width_divisor: int, image_size: int, num_classes: int, heads: Sequence[str] = (),
+                embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled",
+                width: float = 1.0) -> keras.Model:
+    """A plain functional model of architecture `arch`: image → {"logits", "hidden", "hint", *heads}."""
+    if float(width) <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    images = keras.Input((image_size, image_size, 3), name="image")
+    feats = get(arch).backbone(images, width_divisor=width_divisor, width=width)
+    return network.assemble(images, feats, num_classes, heads, embedding_dim, name, landmark_head)
+
+
+def feature_layers(model: keras.Model) -> Mapping[str, str]:
+    """The FEATURE_LAYERS of the architecture `model` was built as: the one whose layers it all has."""
+    names = {layer.name for layer in model.layers}
+    for a in ARCHS.values():
+        if all(v in names for v in a.feature_layers.values()):
+            return a.feature_layers
+    return {}
+
+
+def feature_model(model: keras.Model, keys: Sequence[str]) -> keras.Model:
+    """`model` when its outputs hold every key; else a model over the same layers that also returns them.
+
+    The extra outputs come from the layers named in its architecture's FEATURE_LAYERS; calling the result
+    runs the network once and updates the same variables (batch-norm statistics included) as calling
+    `model` would.
+    """
+    outputs = dict(model.output)
+    missing = [k for k in keys if k not in outputs]
+    if not missing:
+        return model
+    layers = feature_layers(model)
+    unknown = [k for k in missing if k not in layers]
+    if unknown:
+        raise ValueError(f"no feature named {unknown} in {model.name}; known: {', '.join(layers) or 'none'}")
+    outputs.update({k: model.get_layer(layers[k]).output for k in missing})
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")

@@ -1,0 +1,67 @@
+"""What every architecture shares: the task heads on a trunk's named features, and the tools that treat a
+model as a bag of named layers (parameter and FLOP counts, weights moved between tasks by layer name)."""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+from keras_kd.keras import keras, tf
+from keras_kd.models import heads as heads_lib
+
+
+def assemble(images, feats: Dict[str, tf.Tensor], num_classes: int, heads: Sequence[str] = (),
+             embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled") -> keras.Model:
+    """A plain functional model: image → {"logits", "hidden", "hint", *task heads}.
+
+    Every network keeps the classification head ("logits"): the paper computes soft targets from it in
+    alignment and verification too.
+    """
+    outputs = {"logits": heads_lib.logits(feats["hidden"], num_classes),
+               "hidden": feats["hidden"], "hint": feats["hint"]}
+    for head in heads:
+        outputs[head], outputs["hidden"] = heads_lib.HEADS[head](feats, embedding_dim=embedding_dim,
+                                                                 landmark_head=landmark_head)
+    return keras.Model(images, outputs, name=name)
+
+
+def count_params(model: keras.Model) -> int:
+    return int(sum(int(tf.size(w)) for w in model.trainable_weights))
+
+
+def count_flops(model: keras.Model) -> int:
+    """Forward FLOPs of one image (2 × multiply-adds of convolutions, depthwise ones too, and dense layers)."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c_out = layer.output_shape
+            kh, kw = layer.kernel_size
+            flops += 2 * h * w * kh * kw * c_out
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output_shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input_shape[-1]
+            flops += 2 * h * w * kh * kw * c_in * c_out // layer.groups
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input_shape[-1] * layer.units
+    return int(flops)
+
+
+def transfer_weights(src: keras.Model, dst: keras.Model) -> list:
+    """Copies weights layer by layer where names and shapes match; returns the names of layers copied.
+
+    This is how a network moves between tasks: the trunk and the classification head carry over, the new
+    task's head stays freshly initialized. A shape mismatch on a shared name is an error (never silently
+    skipped): it means the two models are not the same architecture.
+    """
+    by_name = {l.name: l for l in src.layers if l.weights}
+    copied = []
+    for layer in dst.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        a, b = [w.shape for w in other.weights], [w.shape for w in layer.weights]
+        if a != b:
+            raise ValueError(f"cannot transfer layer {layer.name!r}: shapes {a} vs {b} "
+                             "(different width_divisor, image size or class count?)")
+        layer.set_weights(other.get_weights())
+        copied.append(layer.name)
+    return copied
