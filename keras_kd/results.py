@@ -214,13 +214,30 @@ def _students(models: list[dict]) -> list[dict]:
     return [m for m in models if m.get("role") == "student"]
 
 
+def _resnet(models: list[dict]) -> list[dict]:
+    """The paper's networks (ResNet-50/d); records written before other architectures have no "arch"."""
+    return [m for m in models if m.get("arch", "resnet50") == "resnet50"]
+
+
 def _paper_students(models: list[dict]) -> list[dict]:
-    """Students trained with the paper's terms only (the α:β tables; other losses go to the methods table)."""
-    return [m for m in _students(models) if set(m.get("targets") or []) <= PAPER_TARGETS]
+    """ResNet students trained with the paper's terms only (the α:β tables; other losses go to the methods
+    table, other architectures to the side-by-side table)."""
+    return [m for m in _resnet(_students(models)) if set(m.get("targets") or []) <= PAPER_TARGETS]
 
 
 def _widths(models: list[dict]) -> list[int]:
-    return sorted({m["width_divisor"] for m in _students(models)})
+    return sorted({m["width_divisor"] for m in _resnet(_students(models))})
+
+
+def network_of(model: dict) -> str:
+    """Which network a record is, as its stage names say: "d8" (ResNet-50/8), "mbf", "mv3s_x0p5"."""
+    return model.get("network") or f"d{model['width_divisor']}"
+
+
+def network_label(model: dict) -> str:
+    """"/8" for ResNet-50/8 (the paper's notation), the architecture tag otherwise."""
+    net = network_of(model)
+    return f"/{net[1:]}" if re.fullmatch(r"d\d+", net) else net
 
 
 HEADLINES = {"classify": "top1", "align": "nrmse", "verify": "rank1"}  # = each Task's headline
@@ -235,7 +252,8 @@ def _finite(value) -> bool:
 
 
 def best_students(models: list[dict], metric: str, lower_is_better: bool | None = None) -> tuple[list[str], str]:
-    """(names of the best student of each width, the split that chose them: 'val' or 'test').
+    """(names of the best student of each network (ResNet width or architecture), the split that chose
+    them: 'val' or 'test').
 
     Chosen by ``val_metrics``, so that the test split only measures; by the test ``metrics`` only when some
     student has no val figure (a run with --val_fraction=0, records written before the val split existed),
@@ -244,11 +262,11 @@ def best_students(models: list[dict], metric: str, lower_is_better: bool | None 
     lower = _lower_is_better(metric) if lower_is_better is None else lower_is_better
     cands = [m for m in models if m.get("role") == "student" and _finite(m.get("metrics", {}).get(metric))]
     by = "val" if cands and all(_finite((m.get("val_metrics") or {}).get(metric)) for m in cands) else "test"
-    best: dict[int, tuple] = {}
+    best: dict[str, tuple] = {}
     for m in cands:
         value = (m["val_metrics"] if by == "val" else m["metrics"])[metric]
         key = value if lower else -value
-        d = m["width_divisor"]
+        d = network_of(m)
         if d not in best or key < best[d][0]:
             best[d] = (key, m["name"])
     return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])], by
@@ -261,7 +279,7 @@ def _best_line(task: str, models: list[dict]) -> list[str]:
     if not names:
         return []
     by_name = {m["name"]: m for m in models}
-    shown = ", ".join(f"/{by_name[n]['width_divisor']} {n} (val {_val_cell(by_name[n], metric)}, "
+    shown = ", ".join(f"{network_label(by_name[n])} {n} (val {_val_cell(by_name[n], metric)}, "
                       f"test {_cell(by_name[n], metric)})" for n in names)
     how = (f"by validation {metric}, the val split held out of the training data; the test split only measures"
            if by == "val" else f"by TEST {metric}: these records have no validation metrics (--val_fraction=0, "
@@ -368,12 +386,13 @@ def _methods_tables(task: str, models: list[dict]) -> list[str]:
     rows, metric_names = _method_rows(models), METHOD_METRICS.get(task, [])
     teachers = [m for m in models if m.get("role") == "teacher"]
     out: list[str] = []
-    for d in sorted({m["width_divisor"] for m in rows}):
-        out += ["", f"## Distillation methods, student /{d}", "", f"{METHODS_NOTE}.", ""]
+    for net in sorted({network_of(m) for m in rows}):
+        label = network_label({"network": net})
+        out += ["", f"## Distillation methods, student {label}", "", f"{METHODS_NOTE}.", ""]
         out += _table(["method", "model", "init"] + [_metric_header(k) for k in metric_names],
                       [[method_of(m) if m in rows else "(teacher)", m["name"], m["init"]]
                        + [_cell(m, k) for k in metric_names]
-                       for m in [r for r in rows if r["width_divisor"] == d] + teachers])
+                       for m in [r for r in rows if network_of(r) == net] + teachers])
     return out
 
 
@@ -387,7 +406,7 @@ def methods_markdown(by_task: dict[str, dict]) -> str:
         for m in _method_rows(by_task.get(task, {}).get("models", [])):
             variant = " (+softmax)" if m.get("softmax") else ""
             columns.setdefault((task, variant), f"{task} {_metric_header(metric)}{variant}")
-            cells.setdefault((m["width_divisor"], method_of(m), task, variant), m)
+            cells.setdefault((network_of(m), method_of(m), task, variant), m)
     if not cells:
         return ""
     lines = ["# keras-kd: distillation methods", "", f"- note: {NOTE}; {METHODS_NOTE}", ""]
@@ -398,7 +417,7 @@ def methods_markdown(by_task: dict[str, dict]) -> str:
             rows.append([method] + [_cell(cells.get((d, method, t, v)), (METHOD_METRICS.get(t) or [""])[0])
                                     for t, v in columns])
         teachers = [_cell(_teacher(by_task[t].get("models", []), bool(v)), METHOD_METRICS[t][0]) for t, v in columns]
-        lines += [f"## Student /{d}", ""] + _table(["method"] + list(columns.values()),
+        lines += [f"## Student {network_label({'network': d})}", ""] + _table(["method"] + list(columns.values()),
                                                    rows + [["(teacher)"] + teachers]) + [""]
     return "\n".join(lines)
 
@@ -419,17 +438,41 @@ def write_methods(model_dir: str) -> str:
 def _full_table(models: list[dict]) -> list[str]:
     metric_names = list(dict.fromkeys(k for m in models for k in m.get("metrics", {})))
     extras = list(dict.fromkeys(k for m in models for k, v in m.items()
-                                if k not in MODEL_KEYS and isinstance(v, (str, numbers.Real))))
-    header = ["name", "role", "/d", "init", "targets", "α", "β", "params (M)", "FLOPs (G)"] + \
+                                if k not in MODEL_KEYS and k not in ("network", "width")
+                                and isinstance(v, (str, numbers.Real))))
+    header = ["name", "role", "network", "init", "targets", "α", "β", "params (M)", "FLOPs (G)"] + \
              [_metric_header(k) for k in metric_names] + extras
     rows = []
     for m in models:
-        rows.append([m["name"], m["role"], str(m["width_divisor"]), m["init"], ",".join(m["targets"]) or DASH,
+        rows.append([m["name"], m["role"], network_label(m) if m["role"] == "student" else "/1", m["init"], ",".join(m["targets"]) or DASH,
                      f"{m['alpha']:g}", f"{m['beta']:g}", f"{m['params'] / 1e6:.3f}", f"{m['flops'] / 1e9:.3f}"]
                     + [_cell(m, k) for k in metric_names]
                     + [DASH if m.get(k) is None else (f"{m[k]:.4g}" if isinstance(m[k], float) else str(m[k]))
                        for k in extras])
     return ["", "## All models", ""] + _table(header, rows)
+
+
+def _networks_table(task: str, models: list[dict]) -> list[str]:
+    """The best student of each network side by side, when the run has students of several architectures:
+    headline metric, size and cost, and the int8 TFLite file's size and latency where it was exported."""
+    metric = HEADLINES.get(task)
+    names = best_students(models, metric)[0] if metric else []
+    by_name = {m["name"]: m for m in models}
+    best = [by_name[n] for n in names]
+    if len({m.get("arch", "resnet50") for m in best}) < 2:
+        return []
+    rows = []
+    for m in best:
+        int8 = (m.get("export") or {}).get("tflite_int8") or {}
+        rows.append([network_label(m), m["name"], _cell(m, metric), _val_cell(m, metric),
+                     f"{m['params'] / 1e6:.3f}", f"{m['flops'] / 1e6:.1f}",
+                     f"{int8['size_bytes'] / 1024:.0f}" if "size_bytes" in int8 else DASH,
+                     f"{int8['latency_ms']:.2f}" if "latency_ms" in int8 else DASH])
+    return ["", f"## Students side by side: the best of each network (by validation {_metric_header(metric)})", "",
+            "int8: the exported int8 TFLite file, latency of one image in LiteRT with 1 thread (– where the "
+            "student was not exported).", ""] + _table(
+        ["network", "best student", _metric_header(metric), f"val {_metric_header(metric)}", "params (M)",
+         "MFLOPs", "int8 size (kB)", "int8 latency (ms)"], rows) + [""]
 
 
 EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "qat_int8",
@@ -500,6 +543,7 @@ def write_markdown(results: dict, path: str) -> str:
     lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
         task, lambda _: [])(models)
     lines += _methods_tables(task, models)
+    lines += _networks_table(task, models)
     lines += _export_table(models)
     lines += _teacher_cache_table(models, task)
     lines += _full_table(models)

@@ -474,7 +474,8 @@ class Runner:
             val_metrics = task.evaluate(student, data_dir, cfg, split="val")[0] if stage.evaluate and n_val else {}
         record = {
             "name": stage.name, "role": stage.role, "width_divisor": stage.width_divisor, "arch": stage.arch,
-            "width": stage.width, "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
+            "width": stage.width, "network": archs.student_tag(stage.arch, stage.width_divisor, stage.width),
+            "init": stage.init, "targets": [n for n, _ in stage.targets], "method": stage.method,
             "alpha": stage.weight_of("soft"), "beta": stage.weight_of("hidden"),
             "params": network.count_params(student), "flops": network.count_flops(student),
             "metrics": {k: float(v) for k, v in metrics.items()},

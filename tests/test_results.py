@@ -90,9 +90,9 @@ def test_markdown_classify(tmp_path):
     assert "Table 1 shape (targets from scratch)" in md
     assert "| Hidden | – | 60.08 |" in md and "| Logits | – | – |" in md and "| Soft | – | 64.49 |" in md
     # full table: every model, units converted, export metric picked up generically
-    assert "| name | role | /d | init | targets | α | β | params (M) | FLOPs (G) | top1 (%) | pair_acc (%) " \
+    assert "| name | role | network | init | targets | α | β | params (M) | FLOPs (G) | top1 (%) | pair_acc (%) " \
            "| tflite_top1 (%) |" in md
-    assert "| student_d8_label_soft | student | 8 | label | soft | 1 | 0 | 1.500 | 0.250 | 75.06 | 96.18 | 75.00 |" in md
+    assert "| student_d8_label_soft | student | /8 | label | soft | 1 | 0 | 1.500 | 0.250 | 75.06 | 96.18 | 75.00 |" in md
 
 
 def test_markdown_classify_without_table1_or_pair_acc(tmp_path):
