@@ -8,6 +8,7 @@
     python -m bench.scaling           step time vs width divisor and input size, against the FLOP model
     python -m bench.breakdown         where a train step's time goes (its parts timed alone)
     python -m bench.optimizations     before/after of each optimization tried
+    python -m bench.archs             ResNet-50/d vs MobileFaceNet, MobileNetV3: train step and int8 LiteRT vs FLOPs
     python -m bench.run [--only=a,b] [--wait]   several of them, each in its own process
 
 The machines these run on are shared and noisy: nothing here asserts a time. Each benchmark prints the
