@@ -216,6 +216,7 @@ def test_a_killed_mobile_student_resumes_where_it_was(tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    _ok(run_main(*args))
-    rec = _models(tmp_path, "classify")["student_mbf_label"]
+    out = _ok(run_main(*args))
+    assert "[stage] classify/student_mbf_label: resuming at epoch" in out
+    rec = json.loads((tmp_path / "classify" / "stages" / "student_mbf_label.json").read_text())
     assert rec["resumed_at_epoch"] >= 2 and len(rec["history"]["loss"]) == 3
