@@ -273,7 +273,7 @@ def best_students(models: list[dict], metric: str, lower_is_better: bool | None 
 
 
 def _best_line(task: str, models: list[dict]) -> list[str]:
-    """Which student of each width is the best, and on which split that was decided."""
+    """Which student of each network (ResNet width or architecture) is the best, and on which split that was decided."""
     metric = HEADLINES.get(task)
     names, by = best_students(models, metric) if metric else ([], "")
     if not names:

@@ -123,7 +123,7 @@ class Task:
         return []
 
     def best_students(self, models: list) -> list:
-        """Names of the best evaluated student of each width by the headline metric on the val split
+        """Names of the best evaluated student of each network (ResNet width or architecture) by the headline metric on the val split
         (what main.py ships); see `results.best_students`."""
         return results.best_students(models, self.headline, self.lower_is_better)[0]
 
