@@ -68,7 +68,8 @@ flags.DEFINE_string("teacher_outputs", "", "Distil from a file of a teacher's ou
 flags.DEFINE_bool("export", True, "After training, export students as SavedModel + TFLite (docs/serving.md); "
                   "--noexport skips it.")
 flags.DEFINE_enum("export_models", "best", ["best", "all"], "Which students main.py exports: the best of each "
-                  "network (ResNet width or architecture) by the task's headline metric, or all (python -m export offers every option).")
+                  "network (ResNet width or architecture) by the task's headline metric, or all (python -m "
+                  "export offers every option).")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
                      lower_bound=0, upper_bound=2)
 
