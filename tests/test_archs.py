@@ -220,3 +220,11 @@ def test_a_killed_mobile_student_resumes_where_it_was(tmp_path):
     assert "[stage] classify/student_mbf_label: resuming at epoch" in out
     rec = json.loads((tmp_path / "classify" / "stages" / "student_mbf_label.json").read_text())
     assert rec["resumed_at_epoch"] >= 2 and len(rec["history"]["loss"]) == 3
+
+
+def test_every_architecture_averages_batch_norm_statistics_as_resnet_does():
+    """keras.applications' MobileNetV3 uses momentum 0.999: after a quick run's few hundred steps its moving
+    statistics were still near their initial values and the trained student scored at chance."""
+    for name in archs.ARCHS:
+        m = archs.build_model(name, 8, 32, 3)
+        assert {layer.momentum for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}

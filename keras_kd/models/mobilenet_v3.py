@@ -22,6 +22,7 @@ FEATURE_LAYERS_LARGE: Dict[str, str] = {
     "stage3": "expanded_conv_11/Add", "stage4": "expanded_conv_14/Add",
     "hint": "expanded_conv_5/Add", "hidden": "hidden",
 }
+BN_MOMENTUM = 0.9
 STRIDES = {"stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
 
 
@@ -29,6 +30,11 @@ def _backbone(application, feature_layers, images, width: float) -> Dict[str, tf
     x = keras.layers.Rescaling(2.0, offset=-1.0, name="mv3_input_scale")(images)
     app = application(input_tensor=x, include_top=False, weights=None, alpha=float(width),
                       include_preprocessing=False)
+    # The application's batch norm averages its statistics with momentum 0.999: after a few hundred steps
+    # the moving statistics are still mostly their initial values and inference is at chance. ResNet's 0.9.
+    for layer in app.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     feats = {k: app.get_layer(v).output for k, v in feature_layers.items() if k != "hidden"}
     feats["hidden"] = keras.layers.GlobalAveragePooling2D(name="hidden")(app.output)
     return feats
