@@ -20,7 +20,11 @@ The record of a model (returned, saved as export.json, and merged into results.j
     {"name", "task", "version", "weights", "weights_sha256", "options", "image_size", "resize_size",
      "keras": {<metric>}, "saved_model": {"path", "signatures", "size_bytes", "max_abs_diff", "checks"},
      "tflite_fp32" | "tflite_fp16" | "tflite_dynamic" | "tflite_int8" | "qat_int8" | "pruned_fp32":
-         {"path", "size_bytes", <metric>, "max_abs_diff", "seconds", ...}}
+         {"path", "size_bytes", <metric>, "max_abs_diff", "seconds", "latency_ms", ...}}
+
+``latency_ms``: median LiteRT time of one single-image call with 1 thread (export.tflite.latency_ms).
+Every architecture of keras_kd.models.archs exports the same way (the record's model is rebuilt with the
+stage record's "arch" and "width").
 
 <metric> is the task's headline metric (classify top1, align nrmse, verify rank1) on the whole test split.
 results.json also gets flat keys in each exported model's ``metrics`` — ``<format>_<metric>`` and
@@ -56,7 +60,7 @@ DEFAULT_FORMATS = FORMATS
 EXPORT_FILE = "export.json"
 VERIFY_SAMPLES = 8
 
-__all__ = ["DEFAULT_FORMATS", "ExportError", "FORMATS", "config_from_stages", "default_models", "run",
+__all__ = ["DEFAULT_FORMATS", "ExportError", "FORMATS", "check_qat", "config_from_stages", "default_models", "run",
            "saved_model_dir", "stage_students"]
 
 
@@ -85,10 +89,21 @@ def run(runner: Runner, task: str, models: Optional[Sequence[str]] = None,
     options = {"formats": sorted(formats), "qat": bool(qat), "prune": float(prune), "version": int(version),
                "int8_io": bool(int8_io), "qat_epochs": int(qat_epochs), "prune_epochs": int(prune_epochs),
                "representative_samples": int(representative_samples)}
+    if qat:
+        check_qat(runner, task, names)
     records = {name: _export_one(runner, task, name, options, overwrite) for name in names}
     if update_results:
         merge_into_results(runner.cfg.model_dir, task, records)
     return records
+
+
+def check_qat(runner: Runner, task: str, names: Sequence[str]) -> None:
+    """Before any export: OptimizeError (one line naming the architecture and the layer types) when a model
+    has layers tfmot cannot quantize, so that ``qat`` fails at once rather than after the other formats."""
+    from export import optimize  # tensorflow-model-optimization only when asked for: seconds to import
+    for name in names:
+        model, stage, _ = load_stage(runner, task, name)
+        optimize.check_quantizable(model, stage.arch)
 
 
 def default_models(runner: Runner, task: str) -> List[str]:
@@ -249,7 +264,7 @@ def _export_one(runner: Runner, task: str, name: str, options: dict, overwrite: 
     if previous and not overwrite and previous.get("weights_sha256") == sha and previous.get("options") == options \
             and all(os.path.exists(p) for p in _paths(previous)):
         log(f"[export] {task}/{name}: reusing {export_dir} (same checkpoint and options)")
-        return previous
+        return _add_latency(previous, os.path.join(export_dir, EXPORT_FILE))
     data_dir = runner.data_dir(task)
     os.makedirs(base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=base)
@@ -333,6 +348,21 @@ def _build(runner: Runner, task: str, name: str, model: keras.Model, stage: Stag
     fp32 = record.get("tflite_fp32")
     if fp32 and not fp32["max_abs_diff"] <= saved_model.TOLERANCE:
         log(f"[export] warning: {task}/{name}: fp32 TFLite differs from Keras by {fp32['max_abs_diff']:.3g}")
+    return record
+
+
+def _add_latency(record: dict, path: str) -> dict:
+    """An export.json written before ``latency_ms`` existed gets it for each of its .tflite files (measured
+    now; the files are the same), so that a reused record has every key a new one has."""
+    missing = [k for k in EXPORTED_KINDS if k in record and "latency_ms" not in record[k]]
+    if not missing:
+        return record
+    for kind in missing:
+        record[kind]["latency_ms"] = tflite.latency_ms(record[kind]["path"])
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
     return record
 
 
@@ -449,7 +479,8 @@ def _summary(record: dict, task: str) -> str:
     for kind in EXPORTED_KINDS:
         if kind in record:
             r = record[kind]
-            parts.append(f"{kind} {r['size_bytes'] / 1024:.0f} kB {metric} {r[metric]:.4g}")
+            parts.append(f"{kind} {r['size_bytes'] / 1024:.0f} kB {metric} {r[metric]:.4g}"
+                         + (f" {r['latency_ms']:.3g} ms" if "latency_ms" in r else ""))
     if "pruned_fp32" in record:
         parts.append(f"sparsity {record['pruned_fp32']['sparsity']:.3f}")
     return "; ".join(parts)

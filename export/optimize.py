@@ -7,15 +7,25 @@ the student towards a random projection.
 
 What tfmot supports in these models (measured with tfmot 0.8.1, tf_keras 2.21):
 
-- ``quantize_model`` refuses the model as is: the input's standalone BatchNormalization ("Layer input_bn
-  ... is not supported"), the landmark head's Rescaling and the embedding's UnitNormalization are not in
-  the default 8-bit registry. BatchNormalization after a convolution, Conv2D, Dense, ReLU, Add,
-  MaxPooling2D, GlobalAveragePooling2D and Reshape are. So the model is annotated layer by layer and those
-  three get ``OutputQuantizeConfig`` (their output quantized, their math kept float during training; the
-  converter then quantizes them as MUL/ADD, L2_NORMALIZATION). Any other unsupported layer stops with an
-  error naming it.
-- ``prune_low_magnitude`` is applied to Conv2D and Dense layers only (the layers with kernels); the rest
-  of the model is cloned as is.
+- ``quantize_model`` refuses the models as they are. Supported by its default 8-bit registry: Conv2D,
+  DepthwiseConv2D and Dense (with the BatchNormalization that follows them, folded), ReLU, Add,
+  MaxPooling2D, GlobalAveragePooling2D, Reshape, Flatten, ZeroPadding2D, Activation("linear"). Not in it:
+  a standalone BatchNormalization (ResNet's ``input_bn``), Rescaling (the landmark head's
+  ``landmarks_units``, the mobile trunks' input scaling), UnitNormalization (the embedding), PReLU
+  (MobileFaceNet) and Multiply (MobileNetV3's hard-swish and squeeze-excite). Those get
+  ``OutputQuantizeConfig``: their output quantized, their math (and PReLU's slopes) float during
+  training; the converter then quantizes them as MUL/ADD, PRELU, L2_NORMALIZATION.
+- MobileNetV3's hard-sigmoid is built by keras.applications as ``ReLU6(x + 3) * (1/6)`` whose scalar
+  ``+``/``*`` are TFOpLambda layers: tfmot cannot even wrap those (quantize_apply fails rebuilding the
+  model: "'list' object has no attribute 'dtype'"), so they are left unannotated. They stay float during
+  QAT, between the quantized outputs of the ReLU6 and Multiply around them, and the converter calibrates
+  their int8 ranges on the representative images as for post-training int8 (``float_layers`` in the
+  record counts them).
+- Any other layer type stops QAT at once, before any training, with one line naming the architecture and
+  the unsupported types (``OptimizeError``; ``check_quantizable``).
+- ``prune_low_magnitude`` is applied to Conv2D and Dense layers only (the layers with full kernels; not the
+  depthwise convolutions, whose few weights each filter's whole output depends on); the rest of the model
+  is cloned as is.
 """
 from __future__ import annotations
 
@@ -37,12 +47,19 @@ from keras_kd.keras import keras, tf
 from keras_kd.tasks import TASKS, Stage
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after keras_kd.keras: TF_USE_LEGACY_KERAS)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_quantize_registry as _registry)  # which layers quantize_apply takes without a config
 
 qk = tfmot.quantization.keras
 # Layers the default 8-bit registry lacks but whose output can simply be quantized (see module docstring).
-OUTPUT_ONLY_TYPES = (keras.layers.BatchNormalization, keras.layers.Rescaling, keras.layers.UnitNormalization)
+OUTPUT_ONLY_TYPES = (keras.layers.BatchNormalization, keras.layers.Rescaling, keras.layers.UnitNormalization,
+                     keras.layers.PReLU, keras.layers.Multiply)
 FOLDED_BN_AFTER = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 PRUNABLE_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
+# TFOpLambda ops left float during QAT (element-wise, each a TFLite builtin with an int8 kernel).
+FLOAT_OPS = ("__operators__.add", "__operators__.sub", "math.add", "math.subtract", "math.multiply",
+             "math.truediv", "__operators__.truediv")
+_REGISTRY = _registry.Default8BitQuantizeRegistry()
 
 
 class OptimizeError(ExportError):
@@ -79,23 +96,60 @@ def _needs_output_config(layer) -> bool:
     return isinstance(layer, OUTPUT_ONLY_TYPES)
 
 
-def quantize_aware(model: keras.Model) -> Tuple[keras.Model, list]:
-    """The QAT model of ``model`` (quantize_apply copies the weights) and the names of the layers given
-    OutputQuantizeConfig."""
-    output_only = []
+def _left_float(layer) -> bool:
+    return _is_op_layer(layer) and layer.get_config().get("function") in FLOAT_OPS
+
+
+def _is_op_layer(layer) -> bool:
+    """A TFOpLambda: a TF function called on Keras tensors (not a public tf_keras class)."""
+    return type(layer).__name__ == "TFOpLambda"
+
+
+def _quantizable(layer) -> bool:
+    return isinstance(layer, (keras.layers.InputLayer, keras.layers.BatchNormalization, *OUTPUT_ONLY_TYPES)) \
+        or _left_float(layer) or _REGISTRY.supports(layer)
+
+
+def check_quantizable(model: keras.Model, arch: str = "") -> None:
+    """Raises OptimizeError, one line naming ``arch`` and every layer type QAT cannot handle (with the first
+    few layers of each), when ``model`` has any; cheap: nothing is built."""
+    bad: Dict[str, list] = {}
+    for layer in model.layers:
+        if not _quantizable(layer):
+            what = type(layer).__name__
+            if _is_op_layer(layer):
+                what += f"({layer.get_config().get('function')})"
+            bad.setdefault(what, []).append(layer.name)
+    if bad:
+        listed = "; ".join(f"{t} ({', '.join(n[:3])}{', ...' if len(n) > 3 else ''})" for t, n in sorted(bad.items()))
+        raise OptimizeError(f"quantization-aware training: {arch or model.name}: tfmot cannot quantize layer "
+                            f"type(s) {listed}")
+
+
+def quantize_aware(model: keras.Model, arch: str = "") -> Tuple[keras.Model, list, list]:
+    """The QAT model of ``model`` (quantize_apply copies the weights), the names of the layers given
+    OutputQuantizeConfig and those left float (see the module docstring). ``arch`` names the
+    architecture in errors."""
+    check_quantizable(model, arch)
+    output_only, left_float = [], []
 
     def annotate(layer):
+        if _left_float(layer):
+            left_float.append(layer.name)
+            return layer
         if _needs_output_config(layer):
             output_only.append(layer.name)
             return qk.quantize_annotate_layer(layer, OutputQuantizeConfig())
         return qk.quantize_annotate_layer(layer)
 
-    annotated = keras.models.clone_model(model, clone_function=annotate)  # wraps model's own layers
     try:
+        annotated = keras.models.clone_model(model, clone_function=annotate)  # wraps model's own layers
         with qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
-            return qk.quantize_apply(annotated), output_only
-    except RuntimeError as e:  # tfmot names the unsupported layer
-        raise OptimizeError(f"quantization-aware training: {str(e).splitlines()[0]}") from None
+            return qk.quantize_apply(annotated), output_only, left_float
+    except Exception as e:  # noqa: BLE001  one line, whatever tfmot raised (it names the layer)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise OptimizeError(f"quantization-aware training: {arch or model.name}: {type(e).__name__}: {first}") \
+            from None
 
 
 def prunable(model: keras.Model, schedule) -> keras.Model:
@@ -178,9 +232,10 @@ def steps_per_epoch(task: str, data_dir: str, cfg: Config) -> int:
 def qat(student: keras.Model, teacher: keras.Model, stage: Stage, data_dir: str, cfg: Config,
         epochs: int) -> Tuple[keras.Model, dict]:
     """Quantization-aware training with distillation; returns the QAT model and what was done."""
-    qmodel, output_only = quantize_aware(student)
+    qmodel, output_only, left_float = quantize_aware(student, stage.arch)
     info = distill_fine_tune(qmodel, teacher, stage, data_dir, cfg, epochs)
     info["output_quantize_config_layers"] = output_only
+    info["float_layers"] = len(left_float)
     return qmodel, info
 
 

@@ -14,7 +14,8 @@ Signatures (every one returns the same named outputs, see ``TASK_OUTPUTS``):
 
 Pre-processing is the evaluation pipeline's (keras_kd.data.pipeline): resize the whole image to R×R with
 R = round(S / 0.875) (antialiased, aspect not kept), round to integers as the pipeline stores them, take the
-centre S×S crop, divide by 255. The models start with batch normalization, so there is no mean subtraction.
+centre S×S crop, divide by 255. The networks normalize their input themselves (ResNet: batch normalization;
+MobileFaceNet, MobileNetV3: × 2 − 1), so there is no mean subtraction.
 
 Outputs: classify → ``probabilities`` [N, C] (softmax), ``class_id`` [N] int32; align → ``landmarks`` [N, 5, 2]
 (x, y) in the pixel coordinates of the image that was passed in (crop and resize undone; for serving_crop,

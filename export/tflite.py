@@ -16,9 +16,15 @@ already-resized and centre-cropped image, float32 [N, S, S, 3] RGB 0..255 (or ui
 ``serving_bytes`` needs tf.DecodeImage, neither of which is a TFLite builtin op ("neither a custom op nor a
 flex op"; converting them would need the Flex delegate, which phones do not ship by default). Landmarks
 come out in the crop's pixel coordinates.
+
+Each file's record also has ``latency_ms``: the median wall time of one single-image call of its
+``serving_crop`` signature in the LiteRT interpreter with 1 thread (default delegate, XNNPACK on CPU),
+over LATENCY_RUNS calls after LATENCY_WARMUP (``latency_ms``). It is this machine's number, for comparing
+formats and architectures side by side, not a phone's.
 """
 from __future__ import annotations
 
+import statistics
 import time
 import warnings
 from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
@@ -35,6 +41,7 @@ from keras_kd.tasks.base import predict
 SIGNATURE = "serving_crop"
 KINDS = ("fp32", "fp16", "dynamic", "int8")
 HEADLINE = {name: task.headline for name, task in TASKS.items()}  # the task's metric in export records
+LATENCY_RUNS, LATENCY_WARMUP = 20, 3
 
 
 def convert(saved_model_dir: str, kind: str, representative: Optional[Callable[[], Iterator]] = None,
@@ -110,6 +117,32 @@ class LiteModel:
         return result
 
 
+def latency_ms(path: str, runs: int = LATENCY_RUNS, warmup: int = LATENCY_WARMUP, threads: int = 1) -> float:
+    """Median milliseconds of one single-image ``serving_crop`` call of the .tflite file at ``path`` with
+    ``threads`` interpreter threads, over ``runs`` calls after ``warmup`` (the input's own dtype and shape,
+    fixed random pixels; inference only, no numpy conversion around it)."""
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    call = interpreter.get_signature_runner(SIGNATURE)
+    spec = call.get_input_details()["image"]
+    shape = [1 if int(d) < 0 else int(d) for d in spec["shape_signature"]]
+    dtype = np.dtype(spec["dtype"])
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    else:
+        x = rng.uniform(0.0, 255.0, shape).astype(dtype)
+    for _ in range(max(1, warmup)):
+        call(image=x)
+    times = []
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        call(image=x)
+        times.append(time.perf_counter() - t0)
+    return round(1e3 * statistics.median(times), 4)
+
+
 def to_model_units(task: str, outputs: Mapping[str, np.ndarray], image_size: int) -> Dict[str, np.ndarray]:
     """Signature outputs (crop pixels for landmarks) → the Keras model's units (crop fractions)."""
     out = dict(outputs)
@@ -145,7 +178,8 @@ def evaluate(paths: Mapping[str, str], model: keras.Model, task: str, data_dir: 
     """Runs every .tflite in ``paths`` ({label: file}) and the Keras model over the test split.
 
     Returns {label: {metric: value, "max_abs_diff": max |tflite − keras| over the comparable outputs
-    (probabilities, landmarks as crop fractions, embedding), "seconds": interpreter time}}, plus "keras":
+    (probabilities, landmarks as crop fractions, embedding), "seconds": interpreter time over the split,
+    "latency_ms": ``latency_ms`` (one image, 1 thread)}}, plus "keras":
     the Keras model's metric computed the same way. ``keras_models`` ({label: model}) adds the metrics of
     other Keras models (e.g. the QAT model before conversion).
     """
@@ -166,6 +200,7 @@ def evaluate(paths: Mapping[str, str], model: keras.Model, task: str, data_dir: 
         rec = task_metric(task, outs, targets)
         rec["max_abs_diff"] = max(float(np.max(np.abs(outs[k] - ref[k]))) for k in ref)
         rec["seconds"] = round(seconds, 3)
+        rec["latency_ms"] = latency_ms(path)
         results[label] = rec
     return results
 
