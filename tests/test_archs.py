@@ -179,7 +179,7 @@ def model_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_every_task_trains_and_reports_mobile_students(model_dir):
     _ok(run_main("--task=classify", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
-                 "--student_arch=resnet50,mobilefacenet,mobilenet_v3_small,mobilenet_v3_large",
+                 "--student_arch=mobilefacenet,mobilenet_v3_small,mobilenet_v3_large",
                  "--teacher_cache=memory"))
     models = _models(model_dir, "classify")
     for tag, arch in (("mbf", "mobilefacenet"), ("mv3s", "mobilenet_v3_small"), ("mv3l", "mobilenet_v3_large")):
@@ -192,10 +192,7 @@ def test_every_task_trains_and_reports_mobile_students(model_dir):
     align = _models(model_dir, "align")
     assert {"student_mbf_pretrain_a1b1", "student_mbf_distill_a1b1"} <= set(align)
     assert np.isfinite(align["student_mbf_distill_a1b1"]["metrics"]["nrmse"])
-    _ok(run_main("--task=verify", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
-                 "--student_arch=mobilenet_v3_small", "--ab_grid=0:1", "--verify_softmax=on"))
-    verify = _models(model_dir, "verify")
-    assert 0 <= verify["student_mv3s_distill_a0b1_softmax"]["metrics"]["rank1"] <= 1
+    # Verification with every mobile architecture, and its export: tests/test_arch_export.py.
 
 
 @pytest.mark.slow
