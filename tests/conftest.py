@@ -45,6 +45,31 @@ TWO_CPU_PREAMBLE = textwrap.dedent("""
     keras.utils.set_random_seed(0)
     s0 = resnet.build_model(8, 32, 4, name="student").get_weights()
     t0 = resnet.build_model(4, 32, 4, name="teacher").get_weights()
+
+    def freeze_bn(model):
+        # Frozen BN runs in inference mode: per-example forward, so replicas see the same function (with
+        # training-mode BN each replica normalizes with its own 4-image statistics: non-synchronized BN).
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        return model
+
+    def one_step(strategy, eager, build):
+        with strategy.scope():
+            d = build()  # a Distiller, built in the scope
+            d.compile(keras.optimizers.SGD(0.5), run_eagerly=eager)
+        before = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
+        h = d.fit(tf.data.Dataset.from_tensors((x, {"label": y})), epochs=1, verbose=0).history
+        after = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
+        return strategy.num_replicas_in_sync, float(h["loss"][0]), before, after
+
+    def compare_mirrored(build):
+        # Prints RESULT: one step of build()'s Distiller on 1 device (eager) and on 2 mirrored replicas.
+        n1, l1, b1, w1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), True, build)
+        n2, l2, b2, w2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), False, build)
+        print("RESULT " + json.dumps(dict(replicas=[n1, n2], loss=[l1, l2], size=[int(w1.size), int(w2.size)],
+                                          same_start=bool(np.array_equal(b1, b2)),
+                                          change=float(np.abs(w1 - b1).max()), diff=float(np.abs(w1 - w2).max()))))
 """)
 
 

@@ -123,28 +123,17 @@ def test_results_put_the_best_student_of_each_network_side_by_side(tmp_path):
 
 
 MIRRORED_MBF = """
-def run(strategy, eager):
-    from keras_kd.models import archs
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        s = archs.build_model("mobilefacenet", 1, 32, 4, name="student")
-        t = resnet.build_model(4, 32, 4, name="teacher")
-        t.set_weights(t0)
-        for layer in s.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-        d = Distiller(s, t, task_loss=lambda yy, o: losses.label_ce(yy["label"], o["logits"]),
-                      targets=[("soft", 1.0), ("at", 1.0)])
-        d.compile(keras.optimizers.SGD(0.5), run_eagerly=eager)
-    before = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
-    h = d.fit(tf.data.Dataset.from_tensors((x, {"label": y})), epochs=1, verbose=0).history
-    after = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
-    return strategy.num_replicas_in_sync, float(h["loss"][0]), before, after
+from keras_kd.models import archs
 
-n1, l1, b1, w1 = run(tf.distribute.OneDeviceStrategy("/cpu:0"), True)
-n2, l2, b2, w2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), False)
-print("RESULT " + json.dumps(dict(replicas=[n1, n2], loss=[l1, l2], same_start=bool(np.array_equal(b1, b2)),
-                                  change=float(np.abs(w1 - b1).max()), diff=float(np.abs(w1 - w2).max()))))
+def build():
+    keras.utils.set_random_seed(0)
+    s = freeze_bn(archs.build_model("mobilefacenet", 1, 32, 4, name="student"))
+    t = resnet.build_model(4, 32, 4, name="teacher")
+    t.set_weights(t0)
+    return Distiller(s, t, task_loss=lambda yy, o: losses.label_ce(yy["label"], o["logits"]),
+                     targets=[("soft", 1.0), ("at", 1.0)])
+
+compare_mirrored(build)
 """
 
 

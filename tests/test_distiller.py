@@ -212,32 +212,19 @@ def test_reported_loss_equals_the_hand_combined_value():
 MIRRORED_SCRIPT = textwrap.dedent("""
     a0 = [rng.normal(0, 0.05, (256, 512)).astype("float32"), np.zeros(512, "float32")]
 
-    def run(strategy, eager):
-        with strategy.scope():
-            s = resnet.build_model(8, 32, 4, name="student")
-            s.set_weights(s0)
-            t = resnet.build_model(4, 32, 4, name="teacher")
-            t.set_weights(t0)
-            # Frozen BN runs in inference mode: per-example forward, so replicas see the same function.
-            for layer in s.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.trainable = False
-            d = Distiller(s, t, task_loss=lambda yy, o: losses.label_ce(yy["label"], o["logits"]),
-                          targets=[("soft", 1.0), ("hidden", 0.5)])
-            d.adapters["hidden"].set_weights(a0)
-            d.compile(keras.optimizers.SGD(0.5), run_eagerly=eager)
-        before = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
-        h = d.fit(tf.data.Dataset.from_tensors((x, {"label": y})), epochs=1, verbose=0).history
-        after = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
-        return strategy.num_replicas_in_sync, float(h["loss"][0]), before, after
+    def build():
+        s = freeze_bn(resnet.build_model(8, 32, 4, name="student"))
+        s.set_weights(s0)
+        t = resnet.build_model(4, 32, 4, name="teacher")
+        t.set_weights(t0)
+        d = Distiller(s, t, task_loss=lambda yy, o: losses.label_ce(yy["label"], o["logits"]),
+                      targets=[("soft", 1.0), ("hidden", 0.5)])
+        d.adapters["hidden"].set_weights(a0)
+        return d
 
-    # The reference step runs eagerly (saves a trace); the replicated one through fit's tf.function.
-    n1, l1, b1, w1 = run(tf.distribute.OneDeviceStrategy("/cpu:0"), True)
-    n2, l2, b2, w2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), False)
-    print("RESULT " + json.dumps(dict(replicas=[n1, n2], loss=[l1, l2], size=[int(w1.size), int(w2.size)],
-                                      same_start=bool(np.array_equal(b1, b2)),
-                                      change=float(np.abs(w1 - b1).max()), diff=float(np.abs(w1 - w2).max()))))
+    compare_mirrored(build)  # the reference step runs eagerly (saves a trace), the replicated one in fit
 """)
+
 
 
 @pytest.mark.slow  # a TensorFlow subprocess: ~25 s on an idle 2-core machine

@@ -223,27 +223,16 @@ def test_a_killed_run_with_a_model_file_teacher_resumes(tmp_path, teacher_file):
 MIRRORED_EXTERNAL = """
     from keras_kd.teachers import external
 
-    def run(strategy, eager):
-        with strategy.scope():
-            s = resnet.build_model(8, 32, 4, name="student")
-            s.set_weights(s0)
-            for layer in s.layers:  # frozen BN: per-example forward, as test_distiller's mirrored test
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.trainable = False
-            t = external.load_model(PATH, 32)
-            d = Distiller(s, t, task_loss=lambda yy, o: losses.label_ce(yy["label"], o["logits"]),
-                          targets=[("emb_cos", 1.0)])
-            d.adapters["emb_cos"].set_weights([np.full((256, 16), 0.01, "float32"), np.zeros(16, "float32")])
-            d.compile(keras.optimizers.SGD(0.5), run_eagerly=eager)
-        before = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
-        h = d.fit(tf.data.Dataset.from_tensors((x, {"label": y})), epochs=1, verbose=0).history
-        after = np.concatenate([v.numpy().ravel() for v in d.trained_variables])
-        return strategy.num_replicas_in_sync, float(h["loss"][0]), before, after
+    def build():
+        s = freeze_bn(resnet.build_model(8, 32, 4, name="student"))
+        s.set_weights(s0)
+        t = external.load_model(PATH, 32)
+        d = Distiller(s, t, task_loss=lambda yy, o: losses.label_ce(yy["label"], o["logits"]),
+                      targets=[("emb_cos", 1.0)])
+        d.adapters["emb_cos"].set_weights([np.full((256, 16), 0.01, "float32"), np.zeros(16, "float32")])
+        return d
 
-    n1, l1, b1, w1 = run(tf.distribute.OneDeviceStrategy("/cpu:0"), True)
-    n2, l2, b2, w2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), False)
-    print("RESULT " + json.dumps(dict(replicas=[n1, n2], loss=[l1, l2], change=float(np.abs(w1 - b1).max()),
-                                      diff=float(np.abs(w1 - w2).max()))))
+    compare_mirrored(build)
 """
 
 
