@@ -18,6 +18,28 @@ def run_main(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def kill_after_first_backup(args, backup) -> None:
+    """Starts `python main.py ARGS` and kill -9s it once the stage backed up in `backup` (its
+    <model_dir>/<task>/backup/<stage> folder) has saved its first epoch: a run to resume."""
+    import signal
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def epochs_backed_up() -> int:
+        try:
+            return len(json.loads((backup / "history.json").read_text()))
+        except (OSError, ValueError):
+            return 0
+    while not ((backup / "chief" / "checkpoint").exists() and epochs_backed_up() >= 1) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

@@ -2,16 +2,11 @@
 the distillation losses tap, moves between tasks by layer name, distils from a ResNet teacher with every
 loss, and runs end to end through main.py (every task, resume, teacher cache)."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_main, run_two_cpu_script
+from conftest import kill_after_first_backup, run_main, run_two_cpu_script
 from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import losses
@@ -188,20 +183,7 @@ def test_every_task_trains_and_reports_mobile_students(model_dir):
 def test_a_killed_mobile_student_resumes_where_it_was(tmp_path):
     args = ["--task=classify", "--preset=smoke", "--cls_inits=label", "--verbose=2", "--noexport",
             "--student_arch=mobilefacenet", "--student_epochs=3", f"--model_dir={tmp_path}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    backup = tmp_path / "classify" / "backup" / "student_mbf_label"
-    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None:  # until the student has a backup of its first epoch
-        try:
-            if (backup / "chief" / "checkpoint").exists() and len(json.loads((backup / "history.json").read_text())):
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_backup(args, tmp_path / "classify" / "backup" / "student_mbf_label")
     out = _ok(run_main(*args))
     assert "[stage] classify/student_mbf_label: resuming at epoch" in out
     rec = json.loads((tmp_path / "classify" / "stages" / "student_mbf_label.json").read_text())

@@ -188,31 +188,11 @@ def test_two_workers_distil_from_the_model_file_into_identical_students(tmp_path
 
 
 def test_a_killed_run_with_a_model_file_teacher_resumes(tmp_path, teacher_file):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
+    from conftest import kill_after_first_backup
 
     args = ["--task=classify", "--preset=smoke", "--cls_inits=label", "--noexport", "--verbose=2",
             f"--model_dir={tmp_path}", f"--teacher={teacher_file}", "--student_epochs=3"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    backup = tmp_path / "classify" / "backup" / "student_d8_label_soft"
-    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def backed_up() -> int:
-        try:
-            return len(json.loads((backup / "history.json").read_text()))
-        except (OSError, ValueError):
-            return 0
-    while not ((backup / "chief" / "checkpoint").exists() and backed_up() >= 1) and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_backup(args, tmp_path / "classify" / "backup" / "student_d8_label_soft")
     out = _ok(run_main(*args))
     assert "classify/student_d8_label_soft: resuming at epoch" in out
     record = json.loads((tmp_path / "classify" / "stages" / "student_d8_label_soft.json").read_text())

@@ -4,16 +4,14 @@ End to end, as a user runs it: `python main.py` (or the launcher) in subprocesse
 """
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, kill_after_first_backup, run_main
 from keras_kd import results
 
 pytestmark = pytest.mark.slow
@@ -29,30 +27,12 @@ def _weights(path):
     return out
 
 
-def _epochs_backed_up(history_path) -> int:
-    try:
-        with open(history_path) as f:
-            return len(json.load(f))
-    except (OSError, ValueError):
-        return 0
-
-
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
     """Starts a run, kill -9s it once the teacher has a backup, runs the same command again."""
     model_dir = tmp_path_factory.mktemp("runs")
     args = [*SMALL, f"--model_dir={model_dir}", "--teacher_epochs=3"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    backup = model_dir / "classify" / "backup" / "teacher"
-    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Until the teacher has a backup, or the run ends (then the assertion below says so).
-    while (not (backup / "chief" / "checkpoint").exists() or _epochs_backed_up(backup / "history.json") < 1) \
-            and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_backup(args, model_dir / "classify" / "backup" / "teacher")
     assert not (model_dir / "classify" / "stages" / "teacher.json").exists()
     rerun = run_main(*args)
     return model_dir, rerun
