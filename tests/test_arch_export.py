@@ -5,12 +5,11 @@ One smoke-sized verification run (32 px, one epoch per stage) trains the teacher
 QAT / pruning with KD) and one student of each of MobileFaceNet, MobileNetV3 Small and Large (from
 scratch, `_pretrain`). Verification, because its output, the unit-length embedding, cannot saturate: after
 one epoch (5 steps) the classification logits of MobileFaceNet are in the thousands, and softmax
-probabilities of 0 and 1 would match whatever the export did. MobileNetV3's embeddings of different faces
-are still nearly parallel after 5 steps (its batch normalization's moving statistics, momentum 0.999, have
-hardly left their initial values; Large's are the same vector for every face), so here int8 and QAT files
-are checked for running and staying close, not for their rank-1, and the numerical match of SavedModel and
-fp32 TFLite with Keras is checked again on freshly built networks whose batch-norm statistics are set from a
-batch (test_savedmodel_and_fp32_match_keras_when_outputs_differ).
+probabilities of 0 and 1 would match whatever the export did. After 5 steps the moving batch-norm
+statistics are still close to their initial values, so embeddings of different faces can be nearly
+parallel: here int8 and QAT files are checked for running and staying close, not for their rank-1, and the
+numerical match of SavedModel and fp32 TFLite with Keras is checked again on freshly built networks whose
+batch-norm statistics are set from a batch (test_savedmodel_and_fp32_match_keras_when_outputs_differ).
 Each is exported once for the module with every format and QAT; pruning on MobileNetV3 Small only (the
 one whose TFOpLambda layers clone_model must carry; MobileFaceNet and Large prune the same Conv2D/Dense
 layers). ResNet-50/8's export, QAT and pruning are tests/test_export.py's.
