@@ -83,7 +83,7 @@ def lite(model: keras.Model, size: int, tmp: str, runs: int) -> dict:
         with open(path, "wb") as f:
             f.write(tflite.convert(sm, kind, (lambda: ({"image": x} for x in images)) if kind == "int8" else None))
         out[f"{kind}_kb"] = os.path.getsize(path) / 1024
-        out[f"{kind}_s"] = lite_latency(path, size, 1, runs)
+        out[f"{kind}_s"] = lite_latency(path, 1, runs)
     return out
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import statistics
 import tempfile
-import time
 
 import numpy as np
 
@@ -34,19 +32,9 @@ TASK = "align"
 KINDS = ("fp32", "fp16", "dynamic", "int8")
 
 
-def lite_latency(path: str, size: int, threads: int, runs: int) -> float:
-    from ai_edge_litert.interpreter import Interpreter
-    interp = Interpreter(model_path=path, num_threads=threads)
-    run = interp.get_signature_runner(tflite.SIGNATURE)
-    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
-    for _ in range(3):
-        run(image=x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(image=x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def lite_latency(path: str, threads: int, runs: int) -> float:
+    """Seconds: the median single-image call of export's own latency measurement (export.tflite.latency_ms)."""
+    return tflite.latency_ms(path, runs=runs, warmup=3, threads=threads) / 1e3
 
 
 def tree_size(path: str) -> int:
@@ -81,7 +69,7 @@ def main(argv=None) -> list:
                 path = os.path.join(tmp, name, f"model_{kind}.tflite")
                 with open(path, "wb") as f:
                     f.write(tflite.convert(sm, kind, representative if kind == "int8" else None))
-                lat = {t: lite_latency(path, size, t, args.runs) for t in (1, 2)}
+                lat = {t: lite_latency(path, t, args.runs) for t in (1, 2)}
                 rows.append({"model": name, "format": f"tflite_{kind}", "size_kb": os.path.getsize(path) / 1024,
                              "ms_1": 1e3 * lat[1], "ms_2": 1e3 * lat[2], "flops": flops})
                 print(f"# {name} {kind}: {rows[-1]['size_kb']:.0f} kB, {1e3 * lat[1]:.2f} ms (1 thread), "

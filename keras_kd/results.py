@@ -444,7 +444,7 @@ def _full_table(models: list[dict]) -> list[str]:
              [_metric_header(k) for k in metric_names] + extras
     rows = []
     for m in models:
-        rows.append([m["name"], m["role"], network_label(m) if m["role"] == "student" else "/1", m["init"], ",".join(m["targets"]) or DASH,
+        rows.append([m["name"], m["role"], network_label(m), m["init"], ",".join(m["targets"]) or DASH,
                      f"{m['alpha']:g}", f"{m['beta']:g}", f"{m['params'] / 1e6:.3f}", f"{m['flops'] / 1e9:.3f}"]
                     + [_cell(m, k) for k in metric_names]
                     + [DASH if m.get(k) is None else (f"{m[k]:.4g}" if isinstance(m[k], float) else str(m[k]))

@@ -164,12 +164,15 @@ def dist(student_logits, teacher_logits, beta: float = 1.0, gamma: float = 1.0, 
     return tau ** 2 * (beta * inter + gamma * intra)
 
 
-def attention_map(features, p: float = 2.0):
+def attention_map(features, p: float = 2.0, size=None):
     """Zagoruyko & Komodakis' spatial attention of a [B, H, W, C] map: mean_c |F|^p, flattened, unit L2.
 
-    Averaging over channels is what lets a narrow student match a wide teacher without an adapter.
+    Averaging over channels is what lets a narrow student match a wide teacher without an adapter. `size`
+    (H', W'): the attention resized to that grid before normalization, for a map of another stride.
     """
-    q = tf.reduce_mean(tf.pow(tf.abs(features), p), axis=-1)
+    q = tf.reduce_mean(tf.pow(tf.abs(features), p), axis=-1, keepdims=True)
+    if size is not None and tuple(q.shape[1:3]) != tuple(size):
+        q = tf.image.resize(q, size, method="bilinear", antialias=True)
     q = tf.reshape(q, [tf.shape(q)[0], -1])
     return tf.math.l2_normalize(q, axis=1, epsilon=1e-24)  # x / max(‖x‖, 1e-12), as F.normalize
 
@@ -182,15 +185,9 @@ def attention_transfer(student_maps: Sequence, teacher_maps: Sequence, p: float 
     """
     total = 0.0
     for s, t in zip(student_maps, teacher_maps):
-        if s.shape[1:3] != t.shape[1:3]:
-            # Architectures with other strides (MobileFaceNet's stage 4 is stride 16, ResNet's 32): the
-            # student's attention is resized to the teacher's grid before normalization.
-            q = tf.reduce_mean(tf.pow(tf.abs(s), p), axis=-1, keepdims=True)
-            q = tf.image.resize(q, t.shape[1:3], method="bilinear", antialias=True)
-            s_att = tf.math.l2_normalize(tf.reshape(q, [tf.shape(q)[0], -1]), axis=1, epsilon=1e-24)
-        else:
-            s_att = attention_map(s, p)
-        diff = s_att - attention_map(tf.stop_gradient(t), p)
+        # Architectures with other strides (MobileFaceNet's stage 4 is stride 16, ResNet's 32): the
+        # student's attention is resized to the teacher's grid.
+        diff = attention_map(s, p, size=t.shape[1:3]) - attention_map(tf.stop_gradient(t), p)
         total += tf.reduce_mean(tf.square(diff), axis=1)
     return total
 

@@ -27,18 +27,16 @@ class Arch:
     backbone: Callable
     feature_layers: Mapping[str, str]
     width_multiplier: bool            # whether --student_width applies (ResNet takes divisors instead)
-    summary: str
 
 
 ARCHS: Dict[str, Arch] = {a.name: a for a in [
-    Arch("resnet50", "d", resnet.backbone, resnet.FEATURE_LAYERS, False,
-         "ResNet-50 (bottleneck 3-4-6-3), channels ÷ d: the paper's teacher and students"),
-    Arch("mobilefacenet", "mbf", mobilefacenet.backbone, mobilefacenet.FEATURE_LAYERS, True,
-         "MobileFaceNet (arXiv 1804.07573): inverted bottlenecks, PReLU, GDConv, 128-d K"),
-    Arch("mobilenet_v3_small", "mv3s", mobilenet_v3.backbone_small, mobilenet_v3.FEATURE_LAYERS_SMALL, True,
-         "MobileNetV3-Small from keras.applications (no pretrained weights)"),
-    Arch("mobilenet_v3_large", "mv3l", mobilenet_v3.backbone_large, mobilenet_v3.FEATURE_LAYERS_LARGE, True,
-         "MobileNetV3-Large from keras.applications (no pretrained weights)"),
+    # ResNet-50 (bottleneck 3-4-6-3), channels ÷ d: the paper's teacher and students
+    Arch("resnet50", "d", resnet.backbone, resnet.FEATURE_LAYERS, False),
+    # MobileFaceNet (arXiv 1804.07573): inverted bottlenecks, PReLU, GDConv, 128-d K
+    Arch("mobilefacenet", "mbf", mobilefacenet.backbone, mobilefacenet.FEATURE_LAYERS, True),
+    # MobileNetV3 Small and Large from keras.applications (no pretrained weights)
+    Arch("mobilenet_v3_small", "mv3s", mobilenet_v3.backbone_small, mobilenet_v3.FEATURE_LAYERS_SMALL, True),
+    Arch("mobilenet_v3_large", "mv3l", mobilenet_v3.backbone_large, mobilenet_v3.FEATURE_LAYERS_LARGE, True),
 ]}
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Dict
 
 from keras_kd.keras import keras, tf
+from keras_kd.models.network import BN
 
-BN = dict(momentum=0.9, epsilon=1e-5)
 EMBEDDING = 128
 # (expansion t, channels c, repeats n, first stride s), the paper's Table 1; the stage each group ends.
 BOTTLENECKS = ((2, 64, 5, 2, "stage1"), (4, 128, 1, 2, None), (2, 128, 6, 1, "stage2"),
@@ -23,7 +23,6 @@ FEATURE_LAYERS: Dict[str, str] = {
     "stage1": "mbf_stage1_out", "stage2": "mbf_stage2_out", "stage3": "mbf_stage3_out",
     "stage4": "mbf_stage4_out", "hint": "mbf_stage2_out", "hidden": "hidden",
 }
-STRIDES = {"stage1": 4, "stage2": 8, "stage3": 16, "stage4": 16}
 
 
 def _ch(c: int, width: float) -> int:

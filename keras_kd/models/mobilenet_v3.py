@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Dict
 
 from keras_kd.keras import keras, tf
+from keras_kd.models.network import BN
 
 FEATURE_LAYERS_SMALL: Dict[str, str] = {
     "stage1": "expanded_conv/project/BatchNorm", "stage2": "expanded_conv_2/Add",
@@ -22,8 +23,6 @@ FEATURE_LAYERS_LARGE: Dict[str, str] = {
     "stage3": "expanded_conv_11/Add", "stage4": "expanded_conv_14/Add",
     "hint": "expanded_conv_5/Add", "hidden": "hidden",
 }
-BN_MOMENTUM = 0.9
-STRIDES = {"stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32}
 
 
 def _backbone(application, feature_layers, images, width: float) -> Dict[str, tf.Tensor]:
@@ -34,7 +33,7 @@ def _backbone(application, feature_layers, images, width: float) -> Dict[str, tf
     # the moving statistics are still mostly their initial values and inference is at chance. ResNet's 0.9.
     for layer in app.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = BN_MOMENTUM
+            layer.momentum = BN["momentum"]
     feats = {k: app.get_layer(v).output for k, v in feature_layers.items() if k != "hidden"}
     feats["hidden"] = keras.layers.GlobalAveragePooling2D(name="hidden")(app.output)
     return feats

@@ -7,6 +7,10 @@ from typing import Dict, Sequence
 from keras_kd.keras import keras, tf
 from keras_kd.models import heads as heads_lib
 
+# Batch norm of every trunk: statistics averaged with momentum 0.9, so that a quick run's few hundred steps
+# move them (keras.applications' 0.999 did not: models/mobilenet_v3.py).
+BN = dict(momentum=0.9, epsilon=1e-5)
+
 
 def assemble(images, feats: Dict[str, tf.Tensor], num_classes: int, heads: Sequence[str] = (),
              embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled") -> keras.Model:

@@ -19,12 +19,12 @@ from typing import Dict, Sequence
 
 from keras_kd.keras import keras, tf
 from keras_kd.models import network
+from keras_kd.models.network import BN
 
 BLOCKS = (3, 4, 6, 3)
 BASE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
 HINT_STAGE = 2
-BN = dict(momentum=0.9, epsilon=1e-5)
 
 
 # Feature name → layer name. "stageN" is the output of stage N's last bottleneck block (post-ReLU),
