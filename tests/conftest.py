@@ -18,6 +18,12 @@ def run_main(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """A finished `run_main` that must have succeeded: its whole output, or its tail in the failure."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
 def kill_after_first_backup(args, backup) -> None:
     """Starts `python main.py ARGS` and kill -9s it once the stage backed up in `backup` (its
     <model_dir>/<task>/backup/<stage> folder) has saved its first epoch: a run to resume."""

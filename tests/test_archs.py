@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import kill_after_first_backup, run_main, run_two_cpu_script
+from conftest import kill_after_first_backup, ok, run_main, run_two_cpu_script
 from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import losses
@@ -144,11 +144,6 @@ def test_mirrored_two_replicas_match_one_device_for_mobilefacenet():
 SMOKE = ["--preset=smoke", "--verbose=0", "--noexport"]
 
 
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def _models(model_dir, task):
     data = json.loads((model_dir / task / "results.json").read_text())
     results.validate(data)
@@ -162,17 +157,17 @@ def model_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_task_trains_and_reports_mobile_students(model_dir):
-    _ok(run_main("--task=classify", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
-                 "--student_arch=mobilefacenet,mobilenet_v3_small,mobilenet_v3_large",
-                 "--teacher_cache=memory"))
+    ok(run_main("--task=classify", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
+                "--student_arch=mobilefacenet,mobilenet_v3_small,mobilenet_v3_large",
+                "--teacher_cache=memory"))
     models = _models(model_dir, "classify")
     for tag, arch in (("mbf", "mobilefacenet"), ("mv3s", "mobilenet_v3_small"), ("mv3l", "mobilenet_v3_large")):
         for name in (f"student_{tag}_label", f"student_{tag}_label_soft_tc"):  # the cached-teacher twin of Ours
             assert models[name]["arch"] == arch and models[name]["network"] == tag, name
             assert 0 <= models[name]["metrics"]["top1"] <= 1
     assert "## Students side by side" in (model_dir / "classify" / "results.md").read_text()
-    _ok(run_main("--task=align", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
-                 "--student_arch=mobilefacenet", "--ab_grid=0:0,1:1"))
+    ok(run_main("--task=align", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
+                "--student_arch=mobilefacenet", "--ab_grid=0:0,1:1"))
     align = _models(model_dir, "align")
     assert {"student_mbf_pretrain_a1b1", "student_mbf_distill_a1b1"} <= set(align)
     assert np.isfinite(align["student_mbf_distill_a1b1"]["metrics"]["nrmse"])
@@ -184,7 +179,7 @@ def test_a_killed_mobile_student_resumes_where_it_was(tmp_path):
     args = ["--task=classify", "--preset=smoke", "--cls_inits=label", "--verbose=2", "--noexport",
             "--student_arch=mobilefacenet", "--student_epochs=3", f"--model_dir={tmp_path}"]
     kill_after_first_backup(args, tmp_path / "classify" / "backup" / "student_mbf_label")
-    out = _ok(run_main(*args))
+    out = ok(run_main(*args))
     assert "[stage] classify/student_mbf_label: resuming at epoch" in out
     rec = json.loads((tmp_path / "classify" / "stages" / "student_mbf_label.json").read_text())
     assert rec["resumed_at_epoch"] >= 2 and len(rec["history"]["loss"]) == 3

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import ok, run_main
 from keras_kd.config import Config
 from keras_kd.data import synthetic
 from keras_kd.data.example import DataError
@@ -88,14 +88,9 @@ def test_a_target_the_teacher_cannot_serve_is_refused_at_planning(teacher_file):
         external.ExternalTeacher(cfg).check(stage, 60)
 
 
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc.stdout + proc.stderr
-
-
 def test_main_distils_from_a_model_file_and_trains_no_teacher(tmp_path, teacher_file):
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={tmp_path}", "--verbose=0",
-                       "--noexport", "--cls_inits=label", f"--teacher={teacher_file}"))
+    out = ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={tmp_path}", "--verbose=0",
+                      "--noexport", "--cls_inits=label", f"--teacher={teacher_file}"))
     assert "classify/teacher: the teacher is" in out and "classify/teacher: training" not in out
     assert not (tmp_path / "classify" / "stages" / "teacher.weights.h5").exists()
     res = json.loads((tmp_path / "classify" / "results.json").read_text())
@@ -139,9 +134,9 @@ def test_main_distils_from_a_file_of_teacher_outputs(tmp_path, teacher_file):
             splits += [split] * len(images)
     path = tmp_path / "teacher_outputs.npz"
     outputs.save(str(path), srcs, splits, {"embedding": np.concatenate(embs)}, str(data), teacher="test model")
-    out = _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={tmp_path}", "--verbose=0", "--noexport",
-                       "--cls_inits=label", "--kd=emb_sim", "--ab_grid=0:1", "--transfer_inits=distill",
-                       "--methods=emb_cos", "--verify_softmax=off", f"--teacher_outputs={path}"))
+    out = ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={tmp_path}", "--verbose=0", "--noexport",
+                      "--cls_inits=label", "--kd=emb_sim", "--ab_grid=0:1", "--transfer_inits=distill",
+                      "--methods=emb_cos", "--verify_softmax=off", f"--teacher_outputs={path}"))
     assert "training" not in [ln for ln in out.splitlines() if "/teacher:" in ln][0]
     res = json.loads((tmp_path / "verify" / "results.json").read_text())
     models = {m["name"]: m for m in res["models"]}
@@ -193,7 +188,7 @@ def test_a_killed_run_with_a_model_file_teacher_resumes(tmp_path, teacher_file):
     args = ["--task=classify", "--preset=smoke", "--cls_inits=label", "--noexport", "--verbose=2",
             f"--model_dir={tmp_path}", f"--teacher={teacher_file}", "--student_epochs=3"]
     kill_after_first_backup(args, tmp_path / "classify" / "backup" / "student_d8_label_soft")
-    out = _ok(run_main(*args))
+    out = ok(run_main(*args))
     assert "classify/student_d8_label_soft: resuming at epoch" in out
     record = json.loads((tmp_path / "classify" / "stages" / "student_d8_label_soft.json").read_text())
     assert record["resumed_at_epoch"] >= 2 and len(record["history"]["loss"]) == 3

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_main
+from conftest import ok, run_main
 from keras_kd import results
 
 pytestmark = pytest.mark.slow
@@ -14,11 +14,6 @@ def model_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def _results(model_dir, task):
     data = json.loads((model_dir / task / "results.json").read_text())
     results.validate(data)
@@ -26,8 +21,8 @@ def _results(model_dir, task):
 
 
 def test_classify_trains_distills_and_reports(model_dir):
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
-                       "--noexport"))
+    out = ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                      "--noexport"))
     models, data = _results(model_dir, "classify")
     assert data["task"] == "classify" and data["preset"] == "smoke" and "synthetic" in data["data"]
     assert set(models) == {"teacher", "student_d8_label", "student_d8_scratch_soft", "student_d8_fitnet_soft",
@@ -43,15 +38,15 @@ def test_classify_trains_distills_and_reports(model_dir):
 
 
 def test_rerun_reuses_finished_stages(model_dir):
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
-                       "--noexport"))
+    out = ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                      "--noexport"))
     assert "reusing" in out and ": training " not in out  # no stage line "[stage] T/NAME: training N epochs"
 
 
 def test_teacher_cache_trains_the_cached_twin_of_ours(model_dir):
     # Reuses the teacher and label-only student above; only the student on cached targets is new.
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
-                       "--noexport", "--cls_inits=label", "--teacher_cache=disk"))
+    out = ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                      "--noexport", "--cls_inits=label", "--teacher_cache=disk"))
     assert "classify/student_d8_label: reusing" in out and out.count(": training ") == 1
     assert "classify/student_d8_label_soft_tc: training" in out
     assert "[teacher cache] computed" in out and "[teacher cache] wrote" in out
@@ -65,8 +60,8 @@ def test_teacher_cache_trains_the_cached_twin_of_ours(model_dir):
 
 def test_align_transfers_and_ships(model_dir):
     # Reuses the classification stages above (same model_dir, same shapes).
-    out = _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
-                       "--ab_grid=0:1,1:0"))
+    out = ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                      "--ab_grid=0:1,1:0"))
     assert "classify/teacher: reusing" in out
     models, _ = _results(model_dir, "align")
     md = (model_dir / "align" / "results.md").read_text()
@@ -100,8 +95,8 @@ def test_predict_runs_a_stage_and_an_export_on_a_folder(model_dir, tmp_path):
     (images / "notes.txt").write_text("not an image")  # ignored: not an image extension
     export_dir = next((model_dir / "align" / "export").iterdir())
     for model, out in [("student_d8_pretrain", tmp_path / "stage"), (str(export_dir), tmp_path / "export")]:
-        _ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--mode=predict",
-                     f"--images={images}", f"--model={model}", f"--predict_dir={out}"))
+        ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--mode=predict",
+                    f"--images={images}", f"--model={model}", f"--predict_dir={out}"))
         pred = json.loads((out / "predictions.json").read_text())["predictions"]
         assert [p["image"] for p in pred] == ["face0.png", "face1.png"]
         assert all(np.asarray(p["landmarks"]).shape == (5, 2) for p in pred)
@@ -131,8 +126,8 @@ def test_predict_bad_input_is_one_clear_line(model_dir, tmp_path, what, message)
 
 
 def test_verify_triplet_softmax(model_dir):
-    _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=off,on", "--ab_grid=1:0", "--transfer_inits=distill",
-                 "--verbose=0", "--noexport"))
+    ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=off,on", "--ab_grid=1:0", "--transfer_inits=distill",
+                "--verbose=0", "--noexport"))
     models, _ = _results(model_dir, "verify")
     assert {"teacher", "teacher_softmax", "student_d8_distill_a1b0", "student_d8_distill_a1b0_softmax"} <= set(models)
     assert models["student_d8_distill_a1b0_softmax"]["softmax"] is True
@@ -145,8 +140,8 @@ def test_verify_triplet_softmax(model_dir):
 
 def test_methods_classify(model_dir):
     # Reuses every classification stage above; trains one student per added method, as Ours is trained.
-    out = _ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
-                       "--noexport", "--methods=dkd,at"))
+    out = ok(run_main("--task=classify", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
+                      "--noexport", "--methods=dkd,at"))
     assert "classify/student_d8_label: reusing" in out and out.count(": training ") == 2
     models, _ = _results(model_dir, "classify")
     for method in ("dkd", "at"):
@@ -162,9 +157,9 @@ def test_methods_classify(model_dir):
 
 def test_methods_verify_and_the_table_across_tasks(model_dir):
     # soft is the α=1,β=0 stage trained above: only the RKD student is new.
-    out = _ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=on",
-                       "--ab_grid=1:0", "--transfer_inits=distill", "--methods=rkd,soft", "--verbose=0",
-                       "--noexport"))
+    out = ok(run_main("--task=verify", "--preset=smoke", f"--model_dir={model_dir}", "--verify_softmax=on",
+                      "--ab_grid=1:0", "--transfer_inits=distill", "--methods=rkd,soft", "--verbose=0",
+                      "--noexport"))
     assert out.count(": training ") == 1 and "verify/student_d8_distill_rkd_softmax: training" in out
     models, _ = _results(model_dir, "verify")
     m = models["student_d8_distill_rkd_softmax"]
