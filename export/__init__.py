@@ -160,6 +160,9 @@ def config_from_stages(model_dir: str, task: str, data: str = "", cls_data: str 
     heads = {r["landmark_head"] for r in recs if r.get("landmark_head")}
     if len(heads) == 1 and "landmark_head" not in overrides:
         overrides["landmark_head"] = heads.pop()
+    blocks = {tuple(r["resnet_blocks"]) for r in recs if r.get("resnet_blocks")}
+    if len(blocks) == 1 and "resnet_blocks" not in overrides:
+        overrides["resnet_blocks"] = blocks.pop()
     if not data:
         found = []
         for meta_path in sorted(glob.glob(os.path.join(model_dir, "data", "synthetic-*", "meta.json"))):

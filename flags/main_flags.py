@@ -80,6 +80,9 @@ flags.DEFINE_list("student_arch", ["resnet50"], "Student architectures (keras_kd
                   "resnet50,mobilefacenet.")
 flags.DEFINE_float("student_width", 1.0, "Width multiplier of the non-ResNet students (MobileNetV3's alpha; "
                    "MobileFaceNet's channels × width).", lower_bound=0.05)
+flags.DEFINE_list("resnet_blocks", None, "Residual blocks per stage of the ResNet teacher and students: 3,4,6,3 "
+                  "(ResNet-50, every preset but smoke); the smoke preset's 1,1,1,1 builds and traces in a "
+                  "fraction of the time, for tests that check plumbing.")
 flags.DEFINE_integer("image_size", None, "Input crop size (crops of images resized by 256/224).", lower_bound=32)
 flags.DEFINE_enum("landmark_head", None, ["heatmap", "spatial", "pooled"], "Alignment head (models/heads.py): "
                   "heatmap (soft-argmax over heat maps of the stage-2 map; K is the heat maps), spatial (fc over "
@@ -172,6 +175,8 @@ def _split_ab(v: str):
 flags.register_validator("seeds", lambda v: all(x.strip().isdigit() for x in v) and len(set(v)) == len(v),
                          "--seeds: distinct non-negative integers, e.g. 0,1,2")
 flags.register_validator("students", _positive_ints, "--students: positive integers, e.g. 2,4,8")
+flags.register_validator("resnet_blocks", lambda v: _positive_ints(v) and (v is None or len(v) == 4),
+                         "--resnet_blocks: 4 positive integers, the blocks of each stage, e.g. 3,4,6,3")
 flags.register_validator("student_arch", lambda v: bool(v) and set(v) <= set(archs.ARCHS) and len(set(v)) == len(v),
                          f"--student_arch: distinct names among {', '.join(archs.ARCHS)}")
 flags.register_validator("ab_grid", _ab_pairs, "--ab_grid: α:β pairs of numbers, e.g. 0:0,0:1,1:0")
@@ -237,7 +242,7 @@ def to_config(fv: flags.FlagValues = flags.FLAGS) -> Config:
         value = fv[field].value
         if value is None:
             continue
-        if field in ("students", "seeds"):
+        if field in ("students", "seeds", "resnet_blocks"):
             value = tuple(int(v) for v in value)
         elif field == "ab_grid":
             value = tuple(_split_ab(v) for v in value)

@@ -1,7 +1,8 @@
 """Presets: named bundles of flag defaults. A flag given on the command line (or in a --flagfile) wins.
 
-smoke  seconds, for tests: tiny synthetic data, 32 px, one student (/8), one epoch per stage; the quick
-       recipe.
+smoke  seconds, for tests: tiny synthetic data, 32 px, one student (/8), one epoch per stage, a ResNet of
+       one block per stage (the plumbing is ResNet-50's; building and tracing 50 layers is most of a test's
+       time); the quick recipe.
 quick  minutes on 2 CPU cores: the default; synthetic data, 48 px inputs, the paper's /8 student
        (add --students=2,4,8 for Table 2's three widths); verification runs the joint triplet + softmax
        variant (Table 5; add --verify_softmax=off,on for Table 4 too). The short-run recipe: AdamW with
@@ -17,7 +18,7 @@ SHORT_RUN = dict(optimizer="adamw", lr_schedule="cosine", warmup_epochs=0.3, wei
 
 PRESETS = {
     "smoke": dict(
-        image_size=32, students=["8"], batch_size=16, align_batch_size=16, ids_per_batch=4,
+        image_size=32, students=["8"], resnet_blocks=["1", "1", "1", "1"], batch_size=16, align_batch_size=16, ids_per_batch=4,
         images_per_id=4, teacher_epochs=1, student_epochs=1, fitnet_epochs=1, transfer_epochs=1,
         pretrain_epochs=1, synthetic_identities=8, synthetic_images=16, synthetic_size=40,
         ab_grid=["0:0", "0:1", "1:0"], verify_softmax=["off", "on"], **SHORT_RUN),

@@ -37,6 +37,7 @@ class Config:
     students: Tuple[int, ...] = (2, 4, 8)  # ResNet-50 width divisors
     student_arch: Tuple[str, ...] = ("resnet50",)  # models/archs.py; other archs add one student each
     student_width: float = 1.0             # width multiplier of the non-ResNet students
+    resnet_blocks: Tuple[int, ...] = (3, 4, 6, 3)  # ResNet residual blocks per stage; smoke: 1,1,1,1
     image_size: int = 48
     embedding_dim: int = 0
     landmark_head: str = "pooled"          # pooled (the paper's fc on K) | spatial (models/heads.py)

@@ -100,7 +100,8 @@ def _load(rec: dict, cfg: Config, out_dir: str) -> keras.Model:
     model = archs.build_model(rec.get("arch", archs.DEFAULT), int(rec["width_divisor"]),
                               int(rec.get("image_size", cfg.image_size)), int(rec.get("num_classes", 0)),
                               TASKS[cfg.task].heads, cfg.embedding_dim, name=rec["name"],
-                              landmark_head=rec.get("landmark_head", "pooled"), width=float(rec.get("width", 1.0)))
+                              landmark_head=rec.get("landmark_head", "pooled"), width=float(rec.get("width", 1.0)),
+                              blocks=rec.get("resnet_blocks", ()))
     try:
         model.load_weights(path)
     except (OSError, ValueError) as e:

@@ -43,7 +43,7 @@ from keras_kd.data.example import DataError, read_meta
 from keras_kd.distill import methods, teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
-from keras_kd.models import archs, network
+from keras_kd.models import archs, network, resnet
 from keras_kd.tasks import TASKS, Stage
 from keras_kd.teachers import external
 
@@ -156,10 +156,12 @@ class _Backup(keras.callbacks.BackupAndRestore):
             super()._backup(epoch, batch)
 
 
-def _arch_fields(stage: Stage) -> dict:
-    """A stage's architecture in its signature: absent for ResNet-50/d, so records saved before other
-    architectures existed keep their signatures."""
-    return {} if stage.arch == archs.DEFAULT else {"arch": stage.arch, "width": stage.width}
+def _arch_fields(stage: Stage, cfg: Config) -> dict:
+    """A stage's architecture in its signature and record: absent for ResNet-50/d, so records saved before
+    other architectures (and block counts) existed keep their signatures."""
+    if stage.arch != archs.DEFAULT:
+        return {"arch": stage.arch, "width": stage.width}
+    return {} if tuple(cfg.resnet_blocks) == resnet.BLOCKS else {"resnet_blocks": list(cfg.resnet_blocks)}
 
 
 class Runner:
@@ -251,7 +253,8 @@ class Runner:
     def build(self, stage: Stage) -> keras.Model:
         return archs.build_model(stage.arch, stage.width_divisor, self.cfg.image_size, self.num_classes,
                                  TASKS[stage.task].heads, self.cfg.embedding_dim, name=stage.name,
-                                 landmark_head=self.cfg.landmark_head, width=stage.width)
+                                 landmark_head=self.cfg.landmark_head, width=stage.width,
+                                 blocks=self.cfg.resnet_blocks)
 
     # ---- running -------------------------------------------------------------------------------
     def ensure(self, task: str, name: str) -> dict:
@@ -317,7 +320,8 @@ class Runner:
         cfg, task = self.cfg, TASKS[stage.task]
         train_cfg = task.batch_config(cfg, training=True)
         weights = dict(stage.targets)
-        sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor, **_arch_fields(stage),
+        sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor,
+               **_arch_fields(stage, cfg),
                "init": stage.init,
                "epochs": stage.epochs, "lr": stage.lr, "task_loss": stage.task_loss,
                "alpha": weights.pop("soft", 0.0), "beta": weights.pop("hidden", 0.0),
@@ -498,6 +502,7 @@ class Runner:
             record["softmax"] = stage.softmax
         if "landmarks" in task.heads:
             record["landmark_head"] = cfg.landmark_head
+        record.update({k: v for k, v in _arch_fields(stage, cfg).items() if k == "resnet_blocks"})
         # Every worker saves (reading synchronized variables is a collective), each into its own root.
         self._save(stage, student, record, artifacts)
         shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)  # the chief's is the shared one

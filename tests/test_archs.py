@@ -52,6 +52,38 @@ def test_weights_move_between_tasks_by_layer_name(arch):
     np.testing.assert_allclose(src(x)["logits"], dst(x)["logits"], rtol=1e-5, atol=1e-5)
 
 
+def test_resnet_blocks_make_a_shallow_trunk_with_the_same_named_features():
+    """--resnet_blocks=1,1,1,1 (the smoke preset): the same stem, stages, strides and heads as ResNet-50 with
+    one block per stage; the features are found by name; other architectures ignore it."""
+    from keras_kd.models import resnet
+    full = archs.build_model("resnet50", 8, 32, 5, ("landmarks",), landmark_head="spatial")
+    tiny = archs.build_model("resnet50", 8, 32, 5, ("landmarks",), landmark_head="spatial", blocks=(1, 1, 1, 1))
+    assert len(tiny.layers) < len(full.layers) / 2
+    assert resnet.blocks_of(layer.name for layer in full.layers) == resnet.BLOCKS
+    assert resnet.blocks_of(layer.name for layer in tiny.layers) == (1, 1, 1, 1)
+    assert archs.feature_layers(tiny) == {**{f"stage{s}": f"s{s}b1_out" for s in range(1, 5)},
+                                          "hint": "s2b1_out", "hidden": "hidden"}
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    a, b = (archs.feature_model(m, list(STRIDES))(x) for m in (full, tiny))
+    assert all(a[k].shape == b[k].shape for k in [*STRIDES, "landmarks", "logits"])
+    mbf = archs.build_model("mobilefacenet", 1, 32, 5, blocks=(1, 1, 1, 1))
+    assert archs.feature_layers(mbf) is archs.ARCHS["mobilefacenet"].feature_layers
+    with pytest.raises(ValueError, match="4 positive block counts"):
+        archs.build_model("resnet50", 8, 32, 5, blocks=(1, 1, 1))
+
+
+def test_resnet_blocks_enter_signatures_and_records_only_when_not_resnet50(tmp_path):
+    from keras_kd.stages import Runner
+    cfg = Config(students=(8,), cls_inits=("label",), model_dir=str(tmp_path), data=str(tmp_path))
+    sig = lambda c: Runner(c, tf.distribute.get_strategy(), log=lambda _: None).signature(  # noqa: E731
+        TASKS["classify"].plan(c)[0])
+    with pytest.MonkeyPatch.context() as mp:  # no data is read: the data's name and classes are given
+        mp.setattr(Runner, "meta", lambda self, task: {"name": "faces"})
+        mp.setattr(Runner, "num_classes", 5)
+        assert "resnet_blocks" not in sig(cfg)
+        assert sig(cfg.replace(resnet_blocks=(1, 1, 1, 1)))["resnet_blocks"] == [1, 1, 1, 1]
+
+
 def test_width_multiplier_and_tags():
     full = network.count_params(archs.build_model("mobilefacenet", 1, 48, 10))
     half = network.count_params(archs.build_model("mobilefacenet", 1, 48, 10, width=0.5))

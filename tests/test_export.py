@@ -33,7 +33,8 @@ def _smoke_config(model_dir):
     return Config(model_dir=str(model_dir), preset="smoke", image_size=32, students=(8,), batch_size=16,
                   align_batch_size=16, ids_per_batch=4, images_per_id=4, teacher_epochs=1, student_epochs=1,
                   fitnet_epochs=1, transfer_epochs=1, pretrain_epochs=1, synthetic_identities=8,
-                  synthetic_images=16, synthetic_size=40, lr_scratch=0.05, verbose=0)
+                  synthetic_images=16, synthetic_size=40, lr_scratch=0.05, verbose=0,
+                  resnet_blocks=(1, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")

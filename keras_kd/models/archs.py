@@ -27,11 +27,12 @@ class Arch:
     backbone: Callable
     feature_layers: Mapping[str, str]
     width_multiplier: bool            # whether --student_width applies (ResNet takes divisors instead)
+    blocks: bool = False              # whether --resnet_blocks applies (its backbone takes `blocks`)
 
 
 ARCHS: Dict[str, Arch] = {a.name: a for a in [
     # ResNet-50 (bottleneck 3-4-6-3), channels ÷ d: the paper's teacher and students
-    Arch("resnet50", "d", resnet.backbone, resnet.FEATURE_LAYERS, False),
+    Arch("resnet50", "d", resnet.backbone, resnet.FEATURE_LAYERS, False, blocks=True),
     # MobileFaceNet (arXiv 1804.07573): inverted bottlenecks, PReLU, GDConv, 128-d K
     Arch("mobilefacenet", "mbf", mobilefacenet.backbone, mobilefacenet.FEATURE_LAYERS, True),
     # MobileNetV3 Small and Large from keras.applications (no pretrained weights)
@@ -57,12 +58,17 @@ def student_tag(arch: str, width_divisor: int = 1, width: float = 1.0) -> str:
 
 def build_model(arch: str, width_divisor: int, image_size: int, num_classes: int, heads: Sequence[str] = (),
                 embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled",
-                width: float = 1.0) -> keras.Model:
-    """A plain functional model of architecture `arch`: image → {"logits", "hidden", "hint", *heads}."""
+                width: float = 1.0, blocks: Sequence[int] = ()) -> keras.Model:
+    """A plain functional model of architecture `arch`: image → {"logits", "hidden", "hint", *heads}.
+
+    `blocks` (ResNet only; ignored by the others) sets the residual blocks per stage: (1, 1, 1, 1) is the
+    shallow trunk the plumbing tests build in a fraction of ResNet-50's time."""
     if float(width) <= 0:
         raise ValueError(f"width must be positive, got {width}")
+    a = get(arch)
     images = keras.Input((image_size, image_size, 3), name="image")
-    feats = get(arch).backbone(images, width_divisor=width_divisor, width=width)
+    depth = {"blocks": tuple(blocks)} if a.blocks and blocks else {}
+    feats = a.backbone(images, width_divisor=width_divisor, width=width, **depth)
     return network.assemble(images, feats, num_classes, heads, embedding_dim, name, landmark_head)
 
 
@@ -72,7 +78,8 @@ def feature_layers(model: keras.Model) -> Mapping[str, str]:
     for a in ARCHS.values():
         if all(v in names for v in a.feature_layers.values()):
             return a.feature_layers
-    return {}
+    blocks = resnet.blocks_of(names)  # a ResNet of other block counts (--resnet_blocks)
+    return resnet.feature_layers(blocks) if blocks else {}
 
 
 def feature_model(model: keras.Model, keys: Sequence[str]) -> keras.Model:

@@ -15,7 +15,7 @@ saved weights and exported signatures stay those of the plain network).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from keras_kd.keras import keras, tf
 from keras_kd.models import network
@@ -27,13 +27,24 @@ EXPANSION = 4
 HINT_STAGE = 2
 
 
-# Feature name → layer name. "stageN" is the output of stage N's last bottleneck block (post-ReLU),
-# spatial size image_size / 2^(N+1) at every width; the teacher's and students' maps differ in channels only.
-FEATURE_LAYERS: Dict[str, str] = {
-    **{f"stage{s}": f"s{s}b{n}_out" for s, n in enumerate(BLOCKS, start=1)},
-    "hint": f"s{HINT_STAGE}b{BLOCKS[HINT_STAGE - 1]}_out",
-    "hidden": "hidden",
-}
+def feature_layers(blocks: Sequence[int] = BLOCKS) -> Dict[str, str]:
+    """Feature name → layer name. "stageN" is the output of stage N's last bottleneck block (post-ReLU),
+    spatial size image_size / 2^(N+1) at every width; the teacher's and students' maps differ in channels."""
+    return {**{f"stage{s}": f"s{s}b{n}_out" for s, n in enumerate(blocks, start=1)},
+            "hint": f"s{HINT_STAGE}b{blocks[HINT_STAGE - 1]}_out", "hidden": "hidden"}
+
+
+FEATURE_LAYERS: Dict[str, str] = feature_layers(BLOCKS)
+
+
+def blocks_of(layer_names) -> Optional[Tuple[int, ...]]:
+    """The block counts of a ResNet built by `backbone` from its layer names (None when it is not one)."""
+    names = set(layer_names)
+    if "stem_conv" not in names:
+        return None
+    counts = tuple(max((b for b in range(1, 64) if f"s{s}b{b}_out" in names), default=0)
+                   for s in range(1, len(BLOCKS) + 1))
+    return counts if all(counts) else None
 
 
 def _ch(c: int, d: int) -> int:
@@ -64,6 +75,8 @@ def backbone(images, width_divisor: int = 1, width: float = 1.0,
     d = int(width_divisor)
     if d < 1:
         raise ValueError(f"width_divisor must be a positive integer, got {width_divisor}")
+    if len(blocks) != len(BLOCKS) or min(blocks) < 1:
+        raise ValueError(f"blocks must be {len(BLOCKS)} positive block counts per stage, got {tuple(blocks)}")
     # The paper: batch normalization right after the input, no mean subtraction or whitening.
     x = keras.layers.BatchNormalization(**BN, name="input_bn")(images)
     x = keras.layers.Conv2D(_ch(64, d), 7, 2, padding="same", use_bias=False, name="stem_conv")(x)
@@ -82,8 +95,9 @@ def backbone(images, width_divisor: int = 1, width: float = 1.0,
 
 
 def build_model(width_divisor: int, image_size: int, num_classes: int, heads: Sequence[str] = (),
-                embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled") -> keras.Model:
+                embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled",
+                blocks: Sequence[int] = BLOCKS) -> keras.Model:
     """ResNet-50/d with the task heads (models/network.assemble)."""
     images = keras.Input((image_size, image_size, 3), name="image")
-    return network.assemble(images, backbone(images, width_divisor), num_classes, heads, embedding_dim,
-                            name, landmark_head)
+    return network.assemble(images, backbone(images, width_divisor, blocks=blocks), num_classes, heads,
+                            embedding_dim, name, landmark_head)
