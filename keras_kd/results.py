@@ -184,6 +184,11 @@ def format_metric(name: str, value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def percent_scale(name: str) -> float:
+    """What a metric's stored value is multiplied by to show it as percent: 100 for a fraction, else 1."""
+    return 100.0 if _units()[0].search(name) else 1.0
+
+
 def metric_header(name: str) -> str:
     """A metric's column header: its name, with "(%)" when it is shown as percent."""
     return f"{name} (%)" if any(p.search(name) for p in _units()) else name
