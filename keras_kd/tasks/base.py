@@ -1,8 +1,9 @@
 """Task: what differs between classification, alignment and verification, and nothing else.
 
 A task says which heads its models carry, its task loss, how its batches are drawn, which stages make up
-its experiment (the paper's table for that task) and how a trained model is evaluated. Training,
-saving, reuse and reporting are shared (stages.py).
+its experiment (the paper's table for that task), how a trained model is evaluated, and how its
+metrics are reported (units, table columns, its tables). Training, saving, reuse and reporting are shared
+(stages.py, results.py).
 """
 from __future__ import annotations
 
