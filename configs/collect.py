@@ -8,11 +8,14 @@ what says whether a gain is more than noise), with the number of seeds in which 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+from keras_kd import results, seeds  # noqa: E402
+from keras_kd.tasks import TASKS  # noqa: E402
 
 PAPER = {
     "classify": {"teacher": 88.61, "student_d8_label": None, "student_d8_scratch_soft": 66.12,
@@ -44,9 +47,6 @@ ROWS = {
     + [(f"T4: {i.capitalize()} α={a},β={b}", f"student_d8_{i}_a{a}b{b}")
        for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))],
 }
-METRICS = {"classify": [("top1", 100, "top-1 %"), ("pair_acc", 100, "pair acc %")],
-           "align": [("nrmse", 1, "NRMSE %"), ("failure_rate", 1, "failure % (>10%)")],
-           "verify": [("rank1", 100, "rank-1 %"), ("pair_acc", 100, "pair acc %")]}
 PAIRS = {  # (better-claimed, worse-claimed, what), metric sign: +1 higher is better
     "classify": [("student_d8_label_soft", "student_d8_label", "Ours − label-only"),
                  ("student_d8_label_soft", "student_d8_fitnet_soft", "Ours − FitNet"),
@@ -64,17 +64,16 @@ PAIRS = {  # (better-claimed, worse-claimed, what), metric sign: +1 higher is be
     + [(f"student_d8_{i}_a{a}b{b}_softmax", f"student_d8_{i}_a{a}b{b}", f"{i.capitalize()} α={a},β={b}: + softmax − triplet only")
        for i in ("pretrain", "distill") for a, b in ((0, 0), (0, 1), (1, 0))],
 }
-LOWER_IS_BETTER = {"nrmse", "failure_rate"}
+
+
+def _columns(task: str) -> list:
+    """(metric, scale to percent, label) of each metric column, from the task's declarations."""
+    t = TASKS[task]
+    return [(k, results.percent_scale(k), t.labels[k]) for k in t.table_metrics]
 
 
 def _per_seed(model_dir: str, task: str) -> dict:
-    out = {}
-    for d in sorted(os.listdir(model_dir)):
-        path = os.path.join(model_dir, d, task, "results.json")
-        if d.startswith("seed") and os.path.exists(path):
-            with open(path) as f:
-                out[int(d[4:])] = {m["name"]: m for m in json.load(f)["models"]}
-    return out
+    return {s: {m["name"]: m for m in r["models"]} for s, r in seeds.finished(model_dir, task).items()}
 
 
 def _fmt(values: list, scale: float) -> str:
@@ -88,7 +87,7 @@ def table(model_dir: str, task: str) -> str:
     runs = _per_seed(model_dir, task)
     if not runs:
         return f"(no {task} runs in {model_dir})\n"
-    metrics = METRICS[task]
+    metrics = _columns(task)
     head = ["model", "seeds"] + [label for _, _, label in metrics] + ["paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, name in ROWS[task]:
@@ -97,14 +96,14 @@ def table(model_dir: str, task: str) -> str:
             recs = recs[:1]  # shared by the seeds (--share_teacher): one network, one value
         if not recs:
             continue
-        seeds = sorted({r.get("seed", 0) for r in recs}) if name.startswith("teacher") else sorted(
+        in_seeds = sorted({r.get("seed", 0) for r in recs}) if name.startswith("teacher") else sorted(
             s for s, r in runs.items() if name in r)
         cells = [_fmt([r["metrics"][k] for r in recs if k in r["metrics"]], scale) for k, scale, _ in metrics]
         paper = PAPER[task].get(name)
-        lines.append("| " + " | ".join([label, ",".join(map(str, seeds))] + cells
+        lines.append("| " + " | ".join([label, ",".join(map(str, in_seeds))] + cells
                                        + ["–" if paper is None else f"{paper:.2f}"]) + " |")
     key, scale, label = metrics[0]
-    sign = -1 if key in LOWER_IS_BETTER else 1
+    sign = -1 if TASKS[task].lower_is_better else 1
     lines += ["", f"Paired differences in {label} per seed (positive = the first is better):", "",
               "| comparison | per seed | mean ± std | better in |", "|---|---|---|---|"]
     for a, b, what in PAIRS[task]:
@@ -119,17 +118,19 @@ def table(model_dir: str, task: str) -> str:
 def widths(model_dir: str) -> str:
     runs = _per_seed(model_dir, "classify")
     r = runs.get(0, {})
-    lines = ["| model | top-1 % | pair acc % | params (M) |", "|---|---|---|---|"]
+    metrics = _columns("classify")
+    lines = ["| model | " + " | ".join(label for _, _, label in metrics) + " | params (M) |",
+             "|" + "---|" * (len(metrics) + 2)]
     for name in ["teacher"] + [f"student_d{d}_{k}" for d in (2, 4, 8) for k in ("label", "label_soft")]:
         if name in r:
             m = r[name]
-            lines.append(f"| {name} | {100 * m['metrics']['top1']:.2f} | {100 * m['metrics'].get('pair_acc', float('nan')):.2f}"
-                         f" | {m['params'] / 1e6:.2f} |")
+            cells = [f"{scale * m['metrics'].get(k, float('nan')):.2f}" for k, scale, _ in metrics]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['params'] / 1e6:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     root = sys.argv[1] if len(sys.argv) > 1 else "runs/real"
-    for task in ("classify", "align", "verify"):
+    for task in ROWS:
         print(f"## {task}\n\n{table(root, task)}")
     print(f"## widths (seed 0)\n\n{widths(root)}")

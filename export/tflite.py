@@ -31,7 +31,6 @@ from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from keras_kd import metrics
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.keras import keras, tf
@@ -152,14 +151,9 @@ def to_model_units(task: str, outputs: Mapping[str, np.ndarray], image_size: int
 
 
 def task_metric(task: str, outputs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]) -> Dict[str, float]:
-    """The task's headline metric from signature outputs in model units, as the task's evaluate computes it
-    (classify top-1; align interocular NRMSE % on images with landmarks; verify rank-1)."""
-    if task == "classify":
-        return {"top1": metrics.top1(outputs["probabilities"], targets["label"])}
-    if task == "align":
-        keep = np.asarray(targets["has_landmarks"]).astype(bool)
-        return {"nrmse": metrics.nrmse(outputs["landmarks"][keep], targets["landmarks"][keep], "interocular")}
-    return {"rank1": metrics.rank1(outputs["embedding"], targets["label"])}
+    """The task's headline metric from signature outputs in model units, by the task's own `metrics`."""
+    t = TASKS[task]
+    return {t.headline: t.metrics(dict(outputs), dict(targets))[t.headline]}
 
 
 def keras_outputs(model: keras.Model, task: str, ds: tf.data.Dataset) -> tuple:

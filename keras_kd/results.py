@@ -2,21 +2,23 @@
 
 results.json::
 
-    {"task": "classify"|"align"|"verify", "data": str, "preset": str, "seed": int, "updated": ISO time,
+    {"task": a name of keras_kd.tasks.TASKS, "data": str, "preset": str, "seed": int, "updated": ISO time,
      "models": [ModelRecord, ...], ...any extra top-level keys}
 
 A ModelRecord is a dict with the keys and types in ``MODEL_KEYS`` (plus any extra keys, e.g. ``softmax``,
 ``train_seconds``, ``epochs``, ``seed``, and ``val_metrics``: the same metrics on the val split carved from
-the training data, by which the best student is chosen; ``metrics`` are the test split's). Metric units
-follow ``keras_kd.metrics``: names containing a ``top1``/``top5``/``rank1``/``pair_acc``/``tar_at_far``/``acc``
-token are fractions (shown as percent);
-``nrmse``/``failure_rate`` are already percent; anything else is shown as stored.
+the training data, by which the best student is chosen; ``metrics`` are the test split's).
+
+The tables render what each Task declares (tasks/base.Task): its headline metric and direction, the units
+of its metric names (fractions are shown as percent, percents as stored, anything else as stored), the
+metric columns of the methods and teacher-cache tables, and its tables in the paper's shape.
 
 Every file is written atomically (temp file in the same directory, then ``os.replace``) so a reader never
 sees half a file, even while a run is still updating it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -30,7 +32,6 @@ import numpy as np
 
 from keras_kd import metrics as kd_metrics
 
-TASKS = ("classify", "align", "verify")
 ROLES = ("teacher", "student")
 TOP_KEYS: dict[str, type] = {"task": str, "data": str, "preset": str, "seed": numbers.Integral, "models": list}
 MODEL_KEYS: dict[str, type] = {
@@ -40,8 +41,6 @@ MODEL_KEYS: dict[str, type] = {
 }
 NOTE = "last-epoch figures, not best-epoch"
 DASH = "–"
-_FRACTION = re.compile(r"(^|_)(top1|top5|rank1|pair_acc|tar_at_far|acc)(_|$)")
-_PERCENT = re.compile(r"(^|_)(nrmse|failure_rate)(_|$)")
 
 # ---- the methods table: each distillation loss of distill/methods.py on the same footing ---------------
 # Method rows are the students whose layers all start from a classification network (init "label": the
@@ -49,8 +48,6 @@ _PERCENT = re.compile(r"(^|_)(nrmse|failure_rate)(_|$)")
 # distillation loss ("none": the task loss alone, the control). The table appears once a loss beyond the
 # paper's soft/hidden terms has been run (the paper's own tables show those).
 METHOD_INITS = ("label", "distill")
-METHOD_METRICS: dict[str, list[str]] = {"classify": ["top1", "pair_acc"], "align": ["nrmse", "failure_rate"],
-                                        "verify": ["rank1", "pair_acc"]}
 PAPER_TARGETS = {"soft", "hidden"}
 METHODS_NOTE = ("each row: every layer initialized from a classification network (init label: the label-only "
                 "student; distill: the distilled classification student), then the task loss + that "
@@ -66,8 +63,8 @@ def validate(results: dict) -> None:
     for key, kind in TOP_KEYS.items():
         if not _type_ok(results.get(key), kind):
             raise ValueError(f"results: key {key!r} missing or not {_kind_name(kind)}: {results.get(key)!r}")
-    if results["task"] not in TASKS:
-        raise ValueError(f"results: key 'task' must be one of {TASKS}, got {results['task']!r}")
+    if results["task"] not in _tasks():
+        raise ValueError(f"results: key 'task' must be one of {tuple(_tasks())}, got {results['task']!r}")
     names = set()
     for i, m in enumerate(results["models"]):
         name = m.get("name", f"#{i}") if isinstance(m, dict) else f"#{i}"
@@ -160,31 +157,49 @@ class Results:
 
 # ---------------------------------------------------------------------------------------------- markdown
 
+def _tasks() -> dict:
+    """The task registry (keras_kd.tasks.TASKS), imported when first needed: the tasks import this module."""
+    from keras_kd.tasks import TASKS
+    return TASKS
+
+
+@functools.lru_cache(maxsize=None)
+def _units() -> tuple[re.Pattern, re.Pattern]:
+    """(fraction, percent) patterns of metric names, from every task's unit tokens."""
+    def tokens(attr: str) -> re.Pattern:
+        names = dict.fromkeys(n for t in _tasks().values() for n in getattr(t, attr))
+        return re.compile(r"(^|_)(" + "|".join(map(re.escape, names)) + r")(_|$)")
+    return tokens("fraction_metrics"), tokens("percent_metrics")
+
+
 def format_metric(name: str, value: float | None) -> str:
     """Fractions as percent with 2 decimals, percent metrics with 2 decimals, others with 4 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH
-    if _FRACTION.search(name):
+    fraction, percent = _units()
+    if fraction.search(name):
         return f"{100.0 * value:.2f}"
-    if _PERCENT.search(name):
+    if percent.search(name):
         return f"{value:.2f}"
     return f"{value:.4g}"
 
 
-def _metric_header(name: str) -> str:
-    return f"{name} (%)" if _FRACTION.search(name) or _PERCENT.search(name) else name
+def percent_scale(name: str) -> float:
+    """What a metric's stored value is multiplied by to show it as percent: 100 for a fraction, else 1."""
+    return 100.0 if _units()[0].search(name) else 1.0
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def metric_header(name: str) -> str:
+    """A metric's column header: its name, with "(%)" when it is shown as percent."""
+    return f"{name} (%)" if any(p.search(name) for p in _units()) else name
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
            ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _ab(alpha: float, beta: float) -> str:
-    return f"α={alpha:g},β={beta:g}"
-
-
-def _find(models: list[dict], **want: Any) -> dict | None:
+def find(models: list[dict], **want: Any) -> dict | None:
     """First model matching every key (``targets`` order-insensitive); the full table lists every model."""
     for m in models:
         if all((sorted(m.get(k) or []) == sorted(v)) if k == "targets" else m.get(k) == v for k, v in want.items()):
@@ -192,7 +207,7 @@ def _find(models: list[dict], **want: Any) -> dict | None:
     return None
 
 
-def _cell(model: dict | None, metric: str) -> str:
+def cell(model: dict | None, metric: str) -> str:
     """The metric; "mean ± std" for a record aggregated over seeds (it carries ``metrics_std``)."""
     if not model:
         return DASH
@@ -203,7 +218,7 @@ def _cell(model: dict | None, metric: str) -> str:
     return text
 
 
-def _teacher(models: list[dict], softmax: bool | None = None) -> dict | None:
+def teacher_of(models: list[dict], softmax: bool | None = None) -> dict | None:
     """The teacher trained with the given softmax setting if there is one, else the first teacher."""
     teachers = [m for m in models if m.get("role") == "teacher"]
     match = [m for m in teachers if softmax is not None and bool(m.get("softmax", False)) == softmax]
@@ -219,13 +234,14 @@ def _resnet(models: list[dict]) -> list[dict]:
     return [m for m in models if m.get("arch", "resnet50") == "resnet50"]
 
 
-def _paper_students(models: list[dict]) -> list[dict]:
+def paper_students(models: list[dict]) -> list[dict]:
     """ResNet students trained with the paper's terms only (the α:β tables; other losses go to the methods
     table, other architectures to the side-by-side table)."""
     return [m for m in _resnet(_students(models)) if set(m.get("targets") or []) <= PAPER_TARGETS]
 
 
-def _widths(models: list[dict]) -> list[int]:
+def widths(models: list[dict]) -> list[int]:
+    """The width divisors of the ResNet students, ascending: the columns of the paper's tables."""
     return sorted({m["width_divisor"] for m in _resnet(_students(models))})
 
 
@@ -240,13 +256,6 @@ def network_label(model: dict) -> str:
     return f"/{net[1:]}" if re.fullmatch(r"d\d+", net) else net
 
 
-HEADLINES = {"classify": "top1", "align": "nrmse", "verify": "rank1"}  # = each Task's headline
-
-
-def _lower_is_better(metric: str) -> bool:
-    return bool(_PERCENT.search(metric))  # errors: nrmse, failure_rate
-
-
 def _finite(value) -> bool:
     return isinstance(value, numbers.Real) and value == value
 
@@ -257,118 +266,59 @@ def best_students(models: list[dict], metric: str, lower_is_better: bool | None 
 
     Chosen by ``val_metrics``, so that the test split only measures; by the test ``metrics`` only when some
     student has no val figure (a run with --val_fraction=0, records written before the val split existed),
-    and the caller says so.
+    and the caller says so. ``lower_is_better`` defaults to the direction of the task whose headline
+    ``metric`` is.
     """
-    lower = _lower_is_better(metric) if lower_is_better is None else lower_is_better
+    if lower_is_better is None:
+        ranks = {t.headline: t.lower_is_better for t in _tasks().values()}
+        if metric not in ranks:
+            raise ValueError(f"no task ranks models by {metric!r}: say whether lower is better")
+        lower_is_better = ranks[metric]
     cands = [m for m in models if m.get("role") == "student" and _finite(m.get("metrics", {}).get(metric))]
     by = "val" if cands and all(_finite((m.get("val_metrics") or {}).get(metric)) for m in cands) else "test"
     best: dict[str, tuple] = {}
     for m in cands:
         value = (m["val_metrics"] if by == "val" else m["metrics"])[metric]
-        key = value if lower else -value
+        key = value if lower_is_better else -value
         d = network_of(m)
         if d not in best or key < best[d][0]:
             best[d] = (key, m["name"])
     return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])], by
 
 
-def _best_line(task: str, models: list[dict]) -> list[str]:
+def _best_line(task, models: list[dict]) -> list[str]:
     """Which student of each network (ResNet width or architecture) is the best, and on which split that was decided."""
-    metric = HEADLINES.get(task)
-    names, by = best_students(models, metric) if metric else ([], "")
+    metric = task.headline if task else ""
+    names, by = best_students(models, metric, task.lower_is_better) if metric else ([], "")
     if not names:
         return []
     by_name = {m["name"]: m for m in models}
-    shown = ", ".join(f"{network_label(by_name[n])} {n} (val {_val_cell(by_name[n], metric)}, "
-                      f"test {_cell(by_name[n], metric)})" for n in names)
+    shown = ", ".join(f"{network_label(by_name[n])} {n} (val {val_cell(by_name[n], metric)}, "
+                      f"test {cell(by_name[n], metric)})" for n in names)
     how = (f"by validation {metric}, the val split held out of the training data; the test split only measures"
            if by == "val" else f"by TEST {metric}: these records have no validation metrics (--val_fraction=0, "
            "or trained before the val split existed), so the choice has seen the test split")
     return [f"- best student ({how}): {shown}", ""]
 
 
-def _val_cell(model: dict | None, metric: str) -> str:
+def val_cell(model: dict | None, metric: str) -> str:
     """The val split's figure of a record (mean ± std over seeds when aggregated)."""
     if not model or not model.get("val_metrics"):
         return DASH
-    return _cell({"metrics": model["val_metrics"], "metrics_std": model.get("val_metrics_std")}, metric)
+    return cell({"metrics": model["val_metrics"], "metrics_std": model.get("val_metrics_std")}, metric)
 
 
-def _has_metric(models: list[dict], metric: str) -> bool:
+def has_metric(models: list[dict], metric: str) -> bool:
     return any(metric in m.get("metrics", {}) for m in models)
 
 
-def _classify_tables(models: list[dict]) -> list[str]:
-    widths = _widths(models)
-    teacher = _teacher(models)
-    rows_spec = [("Label only", "scratch", []), ("Scratch", "scratch", ["soft"]), ("FitNet", "fitnet", ["soft"]),
-                 ("Ours (all layers initialized)", "label", ["soft"])]
-    blocks = [("top1", "top-1")] + ([("pair_acc", "pair acc")] if _has_metric(models, "pair_acc") else [])
-    rows = []
-    for metric, label in blocks:
-        for i, (row, init, targets) in enumerate(rows_spec):
-            t = _cell(teacher, metric) if i == 0 else ""
-            rows.append([label, row, t] + [_cell(_find(models, role="student", width_divisor=d, init=init,
-                                                       targets=targets), metric) for d in widths])
-    out = ["## Table 2 shape: classification (%, higher is better)", ""]
-    out += _table(["metric", "init", "teacher"] + [f"/{d}" for d in widths], rows)
-    scratch_targets = [("Hidden", ["hidden"]), ("Logits", ["logits"]), ("Soft", ["soft"])]
-    if any(_find(models, role="student", init="scratch", targets=t) for _, t in scratch_targets[:2]):
-        rows = [[row] + [_cell(_find(models, role="student", width_divisor=d, init="scratch", targets=t), "top1")
-                         for d in widths] for row, t in scratch_targets]
-        out += ["", "## Table 1 shape (targets from scratch): top-1 %", ""]
-        out += _table(["target"] + [f"/{d}" for d in widths], rows)
-    return out
-
-
-def _ab_columns(models: list[dict]) -> list[tuple[float, float]]:
-    return sorted({(float(m["alpha"]), float(m["beta"])) for m in models})
-
-
-def _init_by_ab_rows(models: list[dict], width: int, metric: str) -> list[list[str]]:
-    """Rows Pretrain / Distill, one column per (alpha, beta) present among ``models``."""
-    return [[row] + [_cell(_find(models, role="student", width_divisor=width, init=init, alpha=a, beta=b), metric)
-                     for a, b in _ab_columns(models)]
-            for row, init in (("Pretrain", "pretrain"), ("Distill", "distill"))]
-
-
-def _per_model_table(title: str, models: list[dict], metric_names: list[str]) -> list[str]:
+def per_model_table(title: str, models: list[dict], metric_names: list[str]) -> list[str]:
     """Test metrics per model, and the headline (the first) on the val split when any record has it."""
     val = metric_names[0] if any(m.get("val_metrics") for m in models) else None
-    rows = [[m["name"]] + [_cell(m, k) for k in metric_names] + ([_val_cell(m, val)] if val else [])
+    rows = [[m["name"]] + [cell(m, k) for k in metric_names] + ([val_cell(m, val)] if val else [])
             for m in models]
-    header = ["model"] + [_metric_header(k) for k in metric_names] + ([f"val {_metric_header(val)}"] if val else [])
-    return ["", f"## {title}", ""] + _table(header, rows)
-
-
-def _align_tables(models: list[dict]) -> list[str]:
-    teacher = _teacher(models)
-    out: list[str] = []
-    for d in _widths(models):
-        cands = [m for m in _paper_students(models) if m["width_divisor"] == d and m["init"] in ("pretrain", "distill")]
-        if not cands:
-            continue
-        out += ([""] if out else []) + [f"## Table 3 shape, student /{d}: NRMSE % (lower is better); "
-                                        f"teacher {_cell(teacher, 'nrmse')}", ""]
-        out += _table(["init"] + [_ab(a, b) for a, b in _ab_columns(cands)], _init_by_ab_rows(cands, d, "nrmse"))
-    return out + _per_model_table("Alignment metrics per model (nrmse, failure rate: lower is better)", models,
-                                  ["nrmse", "nrmse_diag", "failure_rate", "auc10"])
-
-
-def _verify_tables(models: list[dict]) -> list[str]:
-    out: list[str] = []
-    for table, softmax, loss in (("Table 4", False, "triplet loss only"), ("Table 5", True, "triplet + softmax")):
-        cands = [m for m in _paper_students(models) if bool(m.get("softmax", False)) == softmax
-                 and m["init"] in ("pretrain", "distill")]
-        if not cands:
-            continue
-        rows = [[f"/{d}"] + r for d in sorted({m["width_divisor"] for m in cands})
-                for r in _init_by_ab_rows(cands, d, "rank1")]
-        out += ([""] if out else []) + [f"## {table} shape: verification rank-1 % (higher is better), {loss}; "
-                                        f"teacher {_cell(_teacher(models, softmax), 'rank1')}", ""]
-        out += _table(["student", "init"] + [_ab(a, b) for a, b in _ab_columns(cands)], rows)
-    return out + _per_model_table("Verification metrics per model (higher is better)", models,
-                                  ["rank1", "pair_acc", "tar_at_far_1e-3"])
+    header = ["model"] + [metric_header(k) for k in metric_names] + ([f"val {metric_header(val)}"] if val else [])
+    return ["", f"## {title}", ""] + table(header, rows)
 
 
 def method_of(model: dict) -> str:
@@ -382,17 +332,17 @@ def _method_rows(models: list[dict]) -> list[dict]:
     return rows if any(set(m.get("targets") or []) - PAPER_TARGETS for m in rows) else []
 
 
-def _methods_tables(task: str, models: list[dict]) -> list[str]:
-    rows, metric_names = _method_rows(models), METHOD_METRICS.get(task, [])
+def _methods_tables(task, models: list[dict]) -> list[str]:
+    rows, metric_names = _method_rows(models), list(task.table_metrics) if task else []
     teachers = [m for m in models if m.get("role") == "teacher"]
     out: list[str] = []
     for net in sorted({network_of(m) for m in rows}):
         label = network_label({"network": net})
         out += ["", f"## Distillation methods, student {label}", "", f"{METHODS_NOTE}.", ""]
-        out += _table(["method", "model", "init"] + [_metric_header(k) for k in metric_names],
-                      [[method_of(m) if m in rows else "(teacher)", m["name"], m["init"]]
-                       + [_cell(m, k) for k in metric_names]
-                       for m in [r for r in rows if network_of(r) == net] + teachers])
+        out += table(["method", "model", "init"] + [metric_header(k) for k in metric_names],
+                     [[method_of(m) if m in rows else "(teacher)", m["name"], m["init"]]
+                      + [cell(m, k) for k in metric_names]
+                      for m in [r for r in rows if network_of(r) == net] + teachers])
     return out
 
 
@@ -401,11 +351,11 @@ def methods_markdown(by_task: dict[str, dict]) -> str:
     variant) with its headline metric. ``by_task``: task → its results.json. '' when no method ran."""
     columns: dict[tuple, str] = {}
     cells: dict[tuple, dict] = {}
-    for task in TASKS:
-        metric = (METHOD_METRICS.get(task) or [""])[0]
+    first = {name: (t.table_metrics or ("",))[0] for name, t in _tasks().items()}
+    for task, metric in first.items():
         for m in _method_rows(by_task.get(task, {}).get("models", [])):
             variant = " (+softmax)" if m.get("softmax") else ""
-            columns.setdefault((task, variant), f"{task} {_metric_header(metric)}{variant}")
+            columns.setdefault((task, variant), f"{task} {metric_header(metric)}{variant}")
             cells.setdefault((network_of(m), method_of(m), task, variant), m)
     if not cells:
         return ""
@@ -414,18 +364,17 @@ def methods_markdown(by_task: dict[str, dict]) -> str:
         methods = list(dict.fromkeys(k[1] for k in cells if k[0] == d))
         rows = []
         for method in methods:
-            rows.append([method] + [_cell(cells.get((d, method, t, v)), (METHOD_METRICS.get(t) or [""])[0])
-                                    for t, v in columns])
-        teachers = [_cell(_teacher(by_task[t].get("models", []), bool(v)), METHOD_METRICS[t][0]) for t, v in columns]
-        lines += [f"## Student {network_label({'network': d})}", ""] + _table(["method"] + list(columns.values()),
-                                                   rows + [["(teacher)"] + teachers]) + [""]
+            rows.append([method] + [cell(cells.get((d, method, t, v)), first[t]) for t, v in columns])
+        teachers = [cell(teacher_of(by_task[t].get("models", []), bool(v)), first[t]) for t, v in columns]
+        lines += [f"## Student {network_label({'network': d})}", ""] + table(["method"] + list(columns.values()),
+                                                  rows + [["(teacher)"] + teachers]) + [""]
     return "\n".join(lines)
 
 
 def write_methods(model_dir: str) -> str:
     """Writes ``model_dir/methods.md`` from every task's results.json there (when a method ran); returns it."""
     by_task = {}
-    for task in TASKS:
+    for task in _tasks():
         path = os.path.join(model_dir, task, "results.json")
         if os.path.exists(path):
             by_task[task] = Results.load(path).data
@@ -441,22 +390,22 @@ def _full_table(models: list[dict]) -> list[str]:
                                 if k not in MODEL_KEYS and k not in ("network", "width")
                                 and isinstance(v, (str, numbers.Real))))
     header = ["name", "role", "network", "init", "targets", "α", "β", "params (M)", "FLOPs (G)"] + \
-             [_metric_header(k) for k in metric_names] + extras
+             [metric_header(k) for k in metric_names] + extras
     rows = []
     for m in models:
         rows.append([m["name"], m["role"], network_label(m), m["init"], ",".join(m["targets"]) or DASH,
                      f"{m['alpha']:g}", f"{m['beta']:g}", f"{m['params'] / 1e6:.3f}", f"{m['flops'] / 1e9:.3f}"]
-                    + [_cell(m, k) for k in metric_names]
+                    + [cell(m, k) for k in metric_names]
                     + [DASH if m.get(k) is None else (f"{m[k]:.4g}" if isinstance(m[k], float) else str(m[k]))
                        for k in extras])
-    return ["", "## All models", ""] + _table(header, rows)
+    return ["", "## All models", ""] + table(header, rows)
 
 
-def _networks_table(task: str, models: list[dict]) -> list[str]:
+def _networks_table(task, models: list[dict]) -> list[str]:
     """The best student of each network side by side, when the run has students of several architectures:
     headline metric, size and cost, and the int8 TFLite file's size and latency where it was exported."""
-    metric = HEADLINES.get(task)
-    names = best_students(models, metric)[0] if metric else []
+    metric = task.headline if task else ""
+    names = best_students(models, metric, task.lower_is_better)[0] if metric else []
     by_name = {m["name"]: m for m in models}
     best = [by_name[n] for n in names]
     if len({m.get("arch", "resnet50") for m in best}) < 2:
@@ -464,14 +413,14 @@ def _networks_table(task: str, models: list[dict]) -> list[str]:
     rows = []
     for m in best:
         int8 = (m.get("export") or {}).get("tflite_int8") or {}
-        rows.append([network_label(m), m["name"], _cell(m, metric), _val_cell(m, metric),
+        rows.append([network_label(m), m["name"], cell(m, metric), val_cell(m, metric),
                      f"{m['params'] / 1e6:.3f}", f"{m['flops'] / 1e6:.1f}",
                      f"{int8['size_bytes'] / 1024:.0f}" if "size_bytes" in int8 else DASH,
                      f"{int8['latency_ms']:.2f}" if "latency_ms" in int8 else DASH])
-    return ["", f"## Students side by side: the best of each network (by validation {_metric_header(metric)})", "",
+    return ["", f"## Students side by side: the best of each network (by validation {metric_header(metric)})", "",
             "int8: the exported int8 TFLite file, latency of one image in LiteRT with 1 thread (– where the "
-            "student was not exported).", ""] + _table(
-        ["network", "best student", _metric_header(metric), f"val {_metric_header(metric)}", "params (M)",
+            "student was not exported).", ""] + table(
+        ["network", "best student", metric_header(metric), f"val {metric_header(metric)}", "params (M)",
          "MFLOPs", "int8 size (kB)", "int8 latency (ms)"], rows) + [""]
 
 
@@ -499,53 +448,52 @@ def _export_table(models: list[dict]) -> list[str]:
                          format_metric(metric, keras_metrics.get(metric))])
     if not rows:
         return []
-    return ["## Exported students (task metric on the test split, measured on each file)", ""] + _table(
+    return ["## Exported students (task metric on the test split, measured on each file)", ""] + table(
         ["model", "format", "size (kB)", "the file", "Keras model"], rows) + [""]
 
 
-_CACHE_METRICS = {"classify": ("top1", "pair_acc"), "align": ("nrmse",), "verify": ("rank1", "pair_acc")}
-
-
-def _teacher_cache_table(models: list[dict], task: str) -> list[str]:
+def _teacher_cache_table(task, models: list[dict]) -> list[str]:
     """Each student trained on cached teacher outputs (NAME_tc) beside its online twin NAME, when both exist."""
+    from keras_kd.distill.teacher_cache import SUFFIX
     by_name = {m["name"]: m for m in models}
-    pairs = [(by_name[m["name"][:-3]], m) for m in models
-             if m.get("teacher_cache") and m["name"].endswith("_tc") and m["name"][:-3] in by_name]
+    pairs = [(by_name[m["name"][:-len(SUFFIX)]], m) for m in models
+             if m.get("teacher_cache") and m["name"].endswith(SUFFIX) and m["name"][:-len(SUFFIX)] in by_name]
     if not pairs:
         return []
-    keys = [k for k in _CACHE_METRICS.get(task, ()) if any(k in m["metrics"] for pair in pairs for m in pair)]
+    keys = [k for k in (task.cache_metrics if task else ()) if any(k in m["metrics"] for pair in pairs for m in pair)]
     rows = []
     for online, cached in pairs:
         secs = [m.get("train_seconds") for m in (online, cached)]
         ratio = f"{secs[1] / secs[0]:.2f}" if all(isinstance(v, numbers.Real) and v > 0 for v in secs) else DASH
-        rows.append([online["name"]] + [f"{_cell(online, k)} / {_cell(cached, k)}" for k in keys] + [ratio])
+        rows.append([online["name"]] + [f"{cell(online, k)} / {cell(cached, k)}" for k in keys] + [ratio])
     return ["## Teacher cache: online teacher / cached teacher outputs (--teacher_cache)", "",
             "Cached outputs are the teacher's on the un-augmented centre crop; the student still trains on "
             "augmented crops. Same teacher and seed; each pair starts from the same network, except that a *_tc "
             "student starting from a distilled one starts from its cached twin. Train time is `fit` alone: the "
-            "one-off teacher pass that fills the cache is logged, not counted.", ""] + _table(
-        ["student"] + [f"{_metric_header(k)} online / cached" for k in keys] + ["train time cached ÷ online"],
+            "one-off teacher pass that fills the cache is logged, not counted.", ""] + table(
+        ["student"] + [f"{metric_header(k)} online / cached" for k in keys] + ["train time cached ÷ online"],
         rows) + [""]
 
 
 def write_markdown(results: dict, path: str) -> str:
-    """Write results.md with tables in the paper's shape for ``results['task']``; returns the markdown."""
+    """Write results.md with the tables of ``results['task']`` (its Task's paper tables first); returns the
+    markdown."""
     models = results.get("models", [])
-    task = results.get("task", "")
-    lines = [f"# keras-kd results: {task}", "",
-             f"- task: {task}", f"- data: {results.get('data', '')}", f"- preset: {results.get('preset', '')}",
+    name = results.get("task", "")
+    task = _tasks().get(name)
+    lines = [f"# keras-kd results: {name}", "",
+             f"- task: {name}", f"- data: {results.get('data', '')}", f"- preset: {results.get('preset', '')}",
              f"- seed: {results.get('seed', '')}", f"- updated: {results.get('updated', '')}", f"- note: {NOTE}",
              ""]
     if results.get("eval_data") and any(m.get("val_metrics") for m in models):
         lines += [f"- val: the validation split of the training data ({results.get('trained_on', '')}), which "
                   "chose the best student when it was trained; the other figures are on this data's test split", ""]
     lines += _best_line(task, models)
-    lines += {"classify": _classify_tables, "align": _align_tables, "verify": _verify_tables}.get(
-        task, lambda _: [])(models)
+    lines += task.tables(models) if task else []
     lines += _methods_tables(task, models)
     lines += _networks_table(task, models)
     lines += _export_table(models)
-    lines += _teacher_cache_table(models, task)
+    lines += _teacher_cache_table(task, models)
     lines += _full_table(models)
     text = "\n".join(lines) + "\n"
     _atomic_write(path, lambda f: f.write(text))
@@ -572,7 +520,8 @@ def _save(fig, path: str) -> None:
 
 def plot_history(histories: dict[str, dict[str, list[float]]], path: str) -> list[str]:
     """Training curves: one panel per metric (loss, task, soft, ...), one colour per model/stage, x = epoch;
-    the val split's value of a metric (val_loss) dashed in its panel, a val-only metric (val_nrmse) alone.
+    the val split's value of a metric (val_loss) dashed in its panel, a val-only metric (a task's
+    eval_metrics, val_<name>) alone.
     Returns the panels' titles."""
     keys = list(dict.fromkeys(k for h in histories.values() for k in h))
     names = [k for k in keys if not (k.startswith("val_") and k[4:] in keys)]

@@ -171,3 +171,49 @@ def test_balanced_pairs_shortage():
     many = M.balanced_pairs(np.repeat(np.arange(10), 5), 180, seed=1)
     assert len(many) == 180 and len(set(many)) == 180
     assert M.balanced_pairs(np.arange(5), 10, seed=0) == []  # all singletons: no same pair at all
+
+
+def _outputs(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, n)
+    logits = rng.normal(size=(n, 6)).astype(np.float32)
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    true = rng.uniform(0.2, 0.8, (n, 5, 2)).astype(np.float32)
+    true[:, 1, 0] = true[:, 0, 0] + 0.3  # the eyes apart
+    outputs = {"logits": logits, "probabilities": (p / p.sum(axis=-1, keepdims=True)).astype(np.float32),
+               "landmarks": true + rng.normal(0, 0.02, true.shape).astype(np.float32),
+               "embedding": rng.normal(size=(n, 8)).astype(np.float32)}
+    targets = {"label": labels, "landmarks": true, "has_landmarks": rng.uniform(size=n) < 0.8}
+    return outputs, targets
+
+
+def test_task_metrics_are_the_formulas_evaluate_and_export_used():
+    """Task.metrics gives what each task's evaluate and export/tflite.py computed before they shared it."""
+    from keras_kd.tasks import TASKS
+    out, tgt = _outputs()
+    keep = tgt["has_landmarks"]
+    pred, true = out["landmarks"][keep], tgt["landmarks"][keep]
+    per_point = M.landmark_errors(pred, true)
+    assert TASKS["classify"].metrics(out, tgt) == {"top1": M.top1(out["logits"], tgt["label"])}
+    probs_only = {"probabilities": out["probabilities"]}  # what a TFLite file outputs
+    assert TASKS["classify"].metrics(probs_only, tgt) == {"top1": M.top1(out["probabilities"], tgt["label"])}
+    assert TASKS["verify"].metrics(out, tgt) == {"rank1": M.rank1(out["embedding"], tgt["label"])}
+    assert TASKS["align"].metrics(out, tgt) == {
+        "nrmse": M.nrmse(pred, true, "interocular"), "nrmse_diag": M.nrmse(pred, true, "diagonal"),
+        "failure_rate": M.failure_rate(per_point.mean(axis=1), 0.10), "auc10": M.auc_ced(per_point.mean(axis=1), 0.10),
+        **{f"nrmse_{n}": float(100 * per_point[:, i].mean())
+           for i, n in enumerate(("left_eye", "right_eye", "nose", "left_mouth", "right_mouth"))}}
+
+
+def test_export_evaluates_files_with_the_task_metrics():
+    """export/tflite.py's metric of a file's outputs is the task's headline from Task.metrics."""
+    tflite = pytest.importorskip("export.tflite")
+    out, tgt = _outputs(1)
+    keep = tgt["has_landmarks"]
+    assert tflite.task_metric("classify", {"probabilities": out["probabilities"]}, tgt) == {
+        "top1": M.top1(out["probabilities"], tgt["label"])}
+    assert tflite.task_metric("align", {"landmarks": out["landmarks"]}, tgt) == {
+        "nrmse": M.nrmse(out["landmarks"][keep], tgt["landmarks"][keep], "interocular")}
+    assert tflite.task_metric("verify", {"embedding": out["embedding"]}, tgt) == {
+        "rank1": M.rank1(out["embedding"], tgt["label"])}

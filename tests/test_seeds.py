@@ -42,7 +42,7 @@ def test_a_model_of_one_seed_gets_no_std_and_finished_finds_every_seed(tmp_path)
     agg = seeds.aggregate({0: _results(0, 0.40), 3: one})
     extra = next(m for m in agg["models"] if m["name"] == "student_d8_extra")
     assert extra["n_seeds"] == 1 and extra["metrics_std"] == {}
-    assert results._cell(extra, "top1") == "30.00"
+    assert results.cell(extra, "top1") == "30.00"
     for s, res in ((0, _results(0, 0.4)), (3, one)):
         results.Results(str(tmp_path / f"seed{s}" / "classify" / "results.json"), res).save()
     (tmp_path / "seedling" / "classify").mkdir(parents=True)

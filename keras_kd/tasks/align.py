@@ -14,7 +14,7 @@ from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.metrics import LEFT_EYE, RIGHT_EYE
 from keras_kd.keras import tf
 from keras_kd.tasks.base import Stage, input_config, predict
-from keras_kd.tasks.transfer import TransferTask
+from keras_kd.tasks.transfer import TransferTask, ab_header, init_by_ab_rows
 
 EXAMPLES = 12  # test faces drawn in alignment_examples.png
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
@@ -26,6 +26,10 @@ class Align(TransferTask):
     lower_is_better = True
     heads = ("landmarks",)
     uses_labels = False
+    percent_metrics = ("nrmse", "failure_rate")
+    table_metrics = ("nrmse", "failure_rate")
+    cache_metrics = ("nrmse",)
+    labels = {"nrmse": "NRMSE %", "failure_rate": "failure % (>10%)"}
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
         return input_config(cfg, cfg.align_batch_size)
@@ -66,10 +70,16 @@ class Align(TransferTask):
     def evaluate(self, model, data_dir, cfg, split="test"):
         ds = pipeline.make_dataset(data_dir, split, self.batch_config(cfg, False), training=False)
         out, tgt = predict(model, ds, ["landmarks"])
-        keep = tgt["has_landmarks"].astype(bool)
-        if not keep.any():
+        if not tgt["has_landmarks"].astype(bool).any():
             raise ValueError(f"{data_dir}: the {split} split has no landmarks to evaluate alignment on")
-        pred, true = out["landmarks"][keep], tgt["landmarks"][keep]
+        pred, true = _with_landmarks(out, tgt)
+        per_image = metrics.landmark_errors(pred, true, "interocular").mean(axis=1)
+        return self.metrics(out, tgt), {"errors": per_image, "examples": pred[:EXAMPLES]}
+
+    def metrics(self, outputs, targets):
+        """On the images with landmarks: NRMSE (inter-ocular; and by the box diagonal), failure rate and
+        CED AUC at 10 %, and each landmark's NRMSE."""
+        pred, true = _with_landmarks(outputs, targets)
         per_point = metrics.landmark_errors(pred, true, "interocular")
         per_image = per_point.mean(axis=1)
         m = {"nrmse": metrics.nrmse(pred, true, "interocular"),
@@ -77,7 +87,22 @@ class Align(TransferTask):
              "failure_rate": metrics.failure_rate(per_image, 0.10),
              "auc10": metrics.auc_ced(per_image, 0.10)}
         m.update({f"nrmse_{n}": float(100 * per_point[:, i].mean()) for i, n in enumerate(LANDMARK_NAMES)})
-        return m, {"errors": per_image, "examples": pred[:EXAMPLES]}
+        return m
+
+    def tables(self, models):
+        """Table 3 per student width (init × α:β, NRMSE), then every alignment metric per model."""
+        teacher = results.teacher_of(models)
+        out: list = []
+        for d in results.widths(models):
+            cands = [m for m in results.paper_students(models)
+                     if m["width_divisor"] == d and m["init"] in ("pretrain", "distill")]
+            if not cands:
+                continue
+            out += ([""] if out else []) + [f"## Table 3 shape, student /{d}: NRMSE % (lower is better); "
+                                            f"teacher {results.cell(teacher, 'nrmse')}", ""]
+            out += results.table(["init"] + ab_header(cands), init_by_ab_rows(cands, d, "nrmse"))
+        return out + results.per_model_table("Alignment metrics per model (nrmse, failure rate: lower is better)",
+                                             models, ["nrmse", "nrmse_diag", "failure_rate", "auc10"])
 
     def plots(self, artifacts, out_dir, models=(), data_dir="", cfg=None):
         curves = {n: a["errors"] for n, a in artifacts.items() if "errors" in a}
@@ -124,6 +149,12 @@ class Align(TransferTask):
         path = os.path.join(out_dir, "alignment_examples.png")
         results.plot_alignment_examples((images * 255).round().astype(np.uint8), points, path)
         return [path]
+
+
+def _with_landmarks(outputs: dict, targets: dict) -> tuple:
+    """(predicted, true) landmarks of the images that have them (mixed data sets have some without)."""
+    keep = np.asarray(targets["has_landmarks"]).astype(bool)
+    return outputs["landmarks"][keep], targets["landmarks"][keep]
 
 
 def _landmarks(data_dir: str, split: str, cfg: Config, limit: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Task: what differs between classification, alignment and verification, and nothing else.
 
 A task says which heads its models carry, its task loss, how its batches are drawn, which stages make up
-its experiment (the paper's table for that task) and how a trained model is evaluated. Training,
-saving, reuse and reporting are shared (stages.py).
+its experiment (the paper's table for that task), how a trained model is evaluated, and how its
+metrics are reported (units, table columns, its tables). Training, saving, reuse and reporting are shared
+(stages.py, results.py).
 """
 from __future__ import annotations
 
@@ -58,7 +59,14 @@ class Task:
     name: str = ""
     heads: Tuple[str, ...] = ()
     headline: str = ""                     # the metric that ranks models (and export records report)
-    lower_is_better = False
+    lower_is_better = False                # of the headline
+    # How results.py reports the task's metrics. Units by name token, which also names derived metrics
+    # (val_top1, nrmse_left_eye, tflite_int8_nrmse): fractions 0..1 are shown as percent, percents as stored.
+    fraction_metrics: Tuple[str, ...] = ("acc",)
+    percent_metrics: Tuple[str, ...] = ()
+    table_metrics: Tuple[str, ...] = ()    # the columns of the methods and seed tables, the headline first
+    cache_metrics: Tuple[str, ...] = ()    # the columns of the teacher-cache table (online / cached)
+    labels: Dict[str, str] = {}            # a human name with its unit for each of `table_metrics`
     uses_cls_data = False                  # trains on the classification data (cfg.cls_data)
     uses_labels = True                     # identity labels enter its losses (checked against num_classes)
 
@@ -102,6 +110,16 @@ class Task:
             return (f"{', '.join(needs)} needs identity labels of the classification head's classes, and "
                     f"{self.name} trains on other data than the classification stages")
         return None
+
+    def metrics(self, outputs: Dict[str, np.ndarray], targets: Dict[str, np.ndarray]) -> Dict[str, float]:
+        """The metrics that need only the model's outputs and the targets (numpy, as `predict` returns
+        them), computed the same way for a Keras model and for an exported file."""
+        raise NotImplementedError
+
+    def tables(self, models: List[dict]) -> List[str]:
+        """Markdown lines of this task's tables in the paper's shape for results.md (results.py's helpers
+        render them); [] when there are none."""
+        return []
 
     def evaluate(self, model: keras.Model, data_dir: str, cfg: Config,
                  split: str = "test") -> Tuple[Dict[str, float], dict]:

@@ -2,7 +2,7 @@
 and one student per --methods spec, distilled from the label-only student as Ours is."""
 from __future__ import annotations
 
-from keras_kd import metrics
+from keras_kd import metrics, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import losses, methods
@@ -15,6 +15,9 @@ class Classify(Task):
     name = "classify"
     headline = "top1"
     uses_cls_data = True
+    fraction_metrics = Task.fraction_metrics + ("top1", "top5", "pair_acc")
+    table_metrics = cache_metrics = ("top1", "pair_acc")
+    labels = {"top1": "top-1 %", "pair_acc": "pair acc %"}
 
     def task_loss(self, stage: Stage, cfg: Config):
         return lambda y, s: losses.label_ce(y["label"], s["logits"])
@@ -56,14 +59,43 @@ class Classify(Task):
             return tf.cast(hit, tf.float32), tf.ones_like(hit, tf.float32)
         return {"top1": top1}
 
+    def metrics(self, outputs, targets):
+        """Top-1 of the logits, or of the probabilities an exported file outputs (the same arg-max)."""
+        scores = outputs["logits"] if "logits" in outputs else outputs["probabilities"]
+        return {"top1": metrics.top1(scores, targets["label"])}
+
     def evaluate(self, model, data_dir, cfg, split="test"):
         ds = pipeline.make_dataset(data_dir, split, self.batch_config(cfg, False), training=False)
         out, tgt = predict(model, ds, ["logits", "hidden"])
-        result = {"top1": metrics.top1(out["logits"], tgt["label"])}
+        result = self.metrics(out, tgt)
         # The paper's second figure (LFW accuracy): 10-fold pair accuracy on the hidden layer K.
         pair_metrics, _ = verification.pair_metrics(out["hidden"], tgt, data_dir, cfg.seed)
         result.update({k: v for k, v in pair_metrics.items() if k == "pair_acc"})
         return result, {}
+
+    def tables(self, models):
+        """Table 2 (top-1, and pair accuracy when measured, per init and width) and Table 1 (targets
+        from scratch) when a hidden- or logits-only student ran."""
+        widths, teacher, cell = results.widths(models), results.teacher_of(models), results.cell
+
+        def student(d, init, targets):
+            return results.find(models, role="student", width_divisor=d, init=init, targets=targets)
+        rows_spec = [("Label only", "scratch", []), ("Scratch", "scratch", ["soft"]), ("FitNet", "fitnet", ["soft"]),
+                     ("Ours (all layers initialized)", "label", ["soft"])]
+        blocks = [("top1", "top-1")] + ([("pair_acc", "pair acc")] if results.has_metric(models, "pair_acc") else [])
+        rows = []
+        for metric, label in blocks:
+            for i, (row, init, targets) in enumerate(rows_spec):
+                t = cell(teacher, metric) if i == 0 else ""
+                rows.append([label, row, t] + [cell(student(d, init, targets), metric) for d in widths])
+        out = ["## Table 2 shape: classification (%, higher is better)", ""]
+        out += results.table(["metric", "init", "teacher"] + [f"/{d}" for d in widths], rows)
+        scratch_targets = [("Hidden", ["hidden"]), ("Logits", ["logits"]), ("Soft", ["soft"])]
+        if any(results.find(models, role="student", init="scratch", targets=t) for _, t in scratch_targets[:2]):
+            rows = [[row] + [cell(student(d, "scratch", t), "top1") for d in widths] for row, t in scratch_targets]
+            out += ["", "## Table 1 shape (targets from scratch): top-1 %", ""]
+            out += results.table(["target"] + [f"/{d}" for d in widths], rows)
+        return out
 
 
 def ours_targets(cfg: Config) -> tuple:

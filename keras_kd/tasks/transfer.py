@@ -8,6 +8,7 @@ a spec of the paper's terms alone (soft, hidden) is the α:β stage of the same 
 """
 from __future__ import annotations
 
+from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import methods
 from keras_kd.tasks.base import Stage, Task, students, unique_stages
@@ -47,3 +48,20 @@ class TransferTask(Task):
                                         cfg.transfer_epochs, lr, init_from=distilled,
                                         teacher=(t, teacher.name), targets=tuple(terms), softmax=softmax, **kw))
         return unique_stages(stages)
+
+
+def ab_columns(models: list) -> list:
+    """The (α, β) of the models, sorted: the columns of the transfer tables."""
+    return sorted({(float(m["alpha"]), float(m["beta"])) for m in models})
+
+
+def ab_header(models: list) -> list:
+    return [f"α={a:g},β={b:g}" for a, b in ab_columns(models)]
+
+
+def init_by_ab_rows(models: list, width: int, metric: str) -> list:
+    """Rows Pretrain / Distill, one column per (α, β) present among ``models``."""
+    return [[row] + [results.cell(results.find(models, role="student", width_divisor=width, init=init, alpha=a,
+                                               beta=b), metric)
+                     for a, b in ab_columns(models)]
+            for row, init in (("Pretrain", "pretrain"), ("Distill", "distill"))]

@@ -8,14 +8,17 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import losses
 from keras_kd.tasks import verification
-from keras_kd.tasks.base import Stage, input_config, predict
-from keras_kd.tasks.transfer import TransferTask
+from keras_kd.tasks.base import Stage, Task, input_config, predict
+from keras_kd.tasks.transfer import TransferTask, ab_header, init_by_ab_rows
 
 
 class Verify(TransferTask):
     name = "verify"
     headline = "rank1"
     heads = ("embedding",)
+    fraction_metrics = Task.fraction_metrics + ("rank1", "pair_acc", "tar_at_far")
+    table_metrics = cache_metrics = ("rank1", "pair_acc")
+    labels = {"rank1": "rank-1 %", "pair_acc": "pair acc %"}
 
     def variants(self, cfg: Config):
         return [("_softmax" if s else "", s) for s in cfg.verify_softmax]
@@ -51,10 +54,31 @@ class Verify(TransferTask):
     def evaluate(self, model, data_dir, cfg, split="test"):
         ds = pipeline.make_dataset(data_dir, split, self.batch_config(cfg, False), training=False)
         out, tgt = predict(model, ds, ["embedding"])
-        m = {"rank1": metrics.rank1(out["embedding"], tgt["label"])}
+        m = self.metrics(out, tgt)
         pm, art = verification.pair_metrics(out["embedding"], tgt, data_dir, cfg.seed)
         m.update(pm)
         return m, art
+
+    def metrics(self, outputs, targets):
+        """Rank-1 of the embeddings (pair accuracy needs the data's pairs: `evaluate` adds it)."""
+        return {"rank1": metrics.rank1(outputs["embedding"], targets["label"])}
+
+    def tables(self, models):
+        """Tables 4 (triplet loss only) and 5 (triplet + softmax): rank-1 per width, init and α:β; then
+        every verification metric per model."""
+        out: list = []
+        for name, softmax, loss in (("Table 4", False, "triplet loss only"), ("Table 5", True, "triplet + softmax")):
+            cands = [m for m in results.paper_students(models) if bool(m.get("softmax", False)) == softmax
+                     and m["init"] in ("pretrain", "distill")]
+            if not cands:
+                continue
+            rows = [[f"/{d}"] + r for d in sorted({m["width_divisor"] for m in cands})
+                    for r in init_by_ab_rows(cands, d, "rank1")]
+            out += ([""] if out else []) + [f"## {name} shape: verification rank-1 % (higher is better), {loss}; "
+                                            f"teacher {results.cell(results.teacher_of(models, softmax), 'rank1')}", ""]
+            out += results.table(["student", "init"] + ab_header(cands), rows)
+        return out + results.per_model_table("Verification metrics per model (higher is better)", models,
+                                             ["rank1", "pair_acc", "tar_at_far_1e-3"])
 
     def plots(self, artifacts, out_dir, models=(), data_dir="", cfg=None):
         curves = {n: a["roc"] for n, a in artifacts.items() if "roc" in a}
