@@ -34,11 +34,14 @@ flags.DEFINE_string("model", "", "--mode=predict: a stage name of --model_dir/--
                     "SavedModel (its export/<name> folder or a version folder); default: the best student.")
 flags.DEFINE_string("predict_dir", "", "--mode=predict: where predictions go (default "
                     "<model_dir>/<task>/predict).")
-flags.DEFINE_string("eval_data", _d("eval_data"), "--mode=evaluate: a directory of converted TFRecords; its test split is "
+flags.DEFINE_string("eval_data", _d("eval_data"),
+                    "--mode=evaluate: a directory of converted TFRecords; its test split is "
                     "used (convert with --all_test to use all of it).")
-flags.DEFINE_list("seeds", _d("seeds"), "Run once per seed, seed N into <model_dir>/seed<N>, then write mean ± std over "
+flags.DEFINE_list("seeds", _d("seeds"),
+                  "Run once per seed, seed N into <model_dir>/seed<N>, then write mean ± std over "
                   "the seeds to <model_dir>/<task>/seeds.md (with --mode=evaluate: eval_<name>.md).")
-flags.DEFINE_bool("share_teacher", _d("share_teacher"), "With --seeds: later seeds reuse the teachers trained with the first "
+flags.DEFINE_bool("share_teacher", _d("share_teacher"),
+                  "With --seeds: later seeds reuse the teachers trained with the first "
                   "seed (the seeds vary the students); --noshare_teacher trains a teacher per seed.")
 flags.DEFINE_string("data", _d("data"), "'synthetic' (generated, no download) or a directory of "
                     "converted TFRecords (python -m keras_kd.data.convert).")
@@ -51,7 +54,8 @@ flags.DEFINE_bool("overwrite", _d("overwrite"), "Retrain stages even when saved 
 flags.DEFINE_enum("strategy", _d("strategy"), list(STRATEGIES),
                   "tf.distribute strategy: auto (Mirrored over several GPUs, else one device), one_device, "
                   "mirrored, multi_worker (reads TF_CONFIG; python -m keras_kd.launch tries it locally), tpu.")
-flags.DEFINE_integer("backup_steps", _d("backup_steps"), "Back up the training state every N steps (0: at each epoch end); "
+flags.DEFINE_integer("backup_steps", _d("backup_steps"),
+                     "Back up the training state every N steps (0: at each epoch end); "
                      "a killed run resumes from the last backup when the same command is run again.",
                      lower_bound=0)
 flags.DEFINE_bool("skip_corrupt", _d("skip_corrupt"), "Skip unreadable records (CRC errors, undecodable images, labels "
@@ -72,10 +76,12 @@ flags.DEFINE_enum("teacher_cache", _d("teacher_cache"), ["off", "memory", "disk"
 flags.DEFINE_string("teacher", _d("teacher"), "Distil from this teacher instead of training one: a Keras model file "
                     "(.keras, .h5) or a SavedModel folder, run frozen in every step. Its outputs and input contract "
                     "come from --teacher_spec (README, \"Distill your own teacher\").")
-flags.DEFINE_string("teacher_spec", _d("teacher_spec"), "JSON naming --teacher's outputs (embedding, logits, hidden, landmarks) "
+flags.DEFINE_string("teacher_spec", _d("teacher_spec"),
+                    "JSON naming --teacher's outputs (embedding, logits, hidden, landmarks) "
                     "and its input (size, range, mean, std, channels); default <model>.json beside a file, "
                     "<folder>/keras_kd_teacher.json in a SavedModel folder.")
-flags.DEFINE_string("teacher_outputs", _d("teacher_outputs"), "Distil from a file of a teacher's outputs per record instead of "
+flags.DEFINE_string("teacher_outputs", _d("teacher_outputs"),
+                    "Distil from a file of a teacher's outputs per record instead of "
                     "a teacher (any framework; keras_kd/teachers/outputs.py; python -m keras_kd.teachers.dlib "
                     "writes one).")
 flags.DEFINE_bool("export", True, "After training, export students as SavedModel + TFLite (docs/serving.md); "
@@ -91,10 +97,13 @@ flags.DEFINE_list("student_arch", _d("student_arch"), "Student architectures (ke
                   "(one student per --students divisor), mobilefacenet, mobilenet_v3_small, mobilenet_v3_large "
                   "(one student each, at --student_width), distilled from the same teacher; e.g. "
                   "resnet50,mobilefacenet.")
-flags.DEFINE_float("student_width", _d("student_width"), "Width multiplier of the non-ResNet students (MobileNetV3's alpha; "
+flags.DEFINE_float("student_width", _d("student_width"),
+                   "Width multiplier of the non-ResNet students (MobileNetV3's alpha; "
                    "MobileFaceNet's channels × width).", lower_bound=0.05)
-flags.DEFINE_integer("image_size", _d("image_size"), "Input crop size (crops of images resized by 256/224).", lower_bound=32)
-flags.DEFINE_enum("landmark_head", _d("landmark_head"), ["heatmap", "spatial", "pooled"], "Alignment head (models/heads.py): "
+flags.DEFINE_integer("image_size", _d("image_size"),
+                     "Input crop size (crops of images resized by 256/224).", lower_bound=32)
+flags.DEFINE_enum("landmark_head", _d("landmark_head"),
+                  ["heatmap", "spatial", "pooled"], "Alignment head (models/heads.py): "
                   "heatmap (soft-argmax over heat maps of the stage-2 map; K is the heat maps), spatial (fc over "
                   "the last map reduced to 32 channels; K is that map) or pooled (the paper's fc on the pooled "
                   "layer K).")
@@ -107,25 +116,30 @@ flags.DEFINE_integer("ids_per_batch", _d("ids_per_batch"), "Verification batches
 flags.DEFINE_integer("images_per_id", _d("images_per_id"), "... × K images each.", lower_bound=2)
 flags.DEFINE_enum("optimizer", _d("optimizer"), ["sgd", "adamw"], "sgd: Nesterov SGD with --momentum (the paper); "
                   "adamw: AdamW (decoupled --weight_decay).")
-flags.DEFINE_enum("lr_schedule", _d("lr_schedule"), ["step", "cosine"], "step: × --lr_decay_factor every --lr_decay_epochs "
+flags.DEFINE_enum("lr_schedule", _d("lr_schedule"),
+                  ["step", "cosine"], "step: × --lr_decay_factor every --lr_decay_epochs "
                   "(the paper); cosine: linear warm-up over --warmup_epochs, then cosine decay to 0.")
-flags.DEFINE_float("warmup_epochs", _d("warmup_epochs"), "Linear learning-rate warm-up (cosine schedule).", lower_bound=0)
+flags.DEFINE_float("warmup_epochs", _d("warmup_epochs"),
+                   "Linear learning-rate warm-up (cosine schedule).", lower_bound=0)
 flags.DEFINE_float("lr_scratch", _d("lr_scratch"), "Learning rate of networks trained from scratch.", lower_bound=0)
 flags.DEFINE_float("lr_init", _d("lr_init"), "Learning rate of initialized networks.", lower_bound=0)
-flags.DEFINE_float("lr_transfer", _d("lr_transfer"), "Learning rate of the align/verify teacher and the students initialized "
+flags.DEFINE_float("lr_transfer", _d("lr_transfer"),
+                   "Learning rate of the align/verify teacher and the students initialized "
                    "from another stage (0: --lr_init): a new task head learns from a trunk trained for another task.",
                    lower_bound=0)
 flags.DEFINE_integer("lr_decay_epochs", _d("lr_decay_epochs"), "Step decay every this many epochs.", lower_bound=1)
 flags.DEFINE_float("lr_decay_factor", _d("lr_decay_factor"), "Multiplier of each step decay.", lower_bound=0)
 flags.DEFINE_float("momentum", _d("momentum"), "Nesterov momentum.", lower_bound=0)
-flags.DEFINE_float("weight_decay", _d("weight_decay"), "Decoupled weight decay (0: none); never on biases and batch-norm "
+flags.DEFINE_float("weight_decay", _d("weight_decay"),
+                   "Decoupled weight decay (0: none); never on biases and batch-norm "
                    "γ/β.", lower_bound=0)
 for _name, _what in [("teacher", "the classification teacher"), ("student", "classification students"),
                      ("fitnet", "FitNet hint pre-training"), ("transfer", "align/verify teacher and students"),
                      ("pretrain", "align/verify Pretrain students"),
                      ("teacher_transfer", "the align/verify teacher (default: --transfer_epochs)")]:
     flags.DEFINE_integer(f"{_name}_epochs", _d(f"{_name}_epochs"), f"Epochs of {_what}.", lower_bound=1)
-flags.DEFINE_integer("steps_per_execution", _d("steps_per_execution"), "Train steps per tf.function call.", lower_bound=1)
+flags.DEFINE_integer("steps_per_execution", _d("steps_per_execution"),
+                     "Train steps per tf.function call.", lower_bound=1)
 
 flags.DEFINE_float("temperature", _d("temperature"), "Soft-target temperature τ.", lower_bound=0.01)
 flags.DEFINE_bool("tau2", _d("tau2"), "Scale the soft-target loss by τ² (Hinton); the paper does not.")
