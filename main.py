@@ -5,6 +5,7 @@ import sys
 
 from absl import app
 from absl import flags as absl_flags
+from absl import logging
 
 import export
 import flags.main_flags as main_flags
@@ -20,6 +21,8 @@ FLAGS = absl_flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:  # absl's INFO lines (TensorFlow's checkpoint saver) break progress bars
+        logging.set_verbosity(logging.WARNING)
     cfg = main_flags.to_config()
     try:
         if cfg.mode == "predict":

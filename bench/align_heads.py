@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from keras_kd import metrics
+from keras_kd import conv_grad, metrics
 from keras_kd.data import pipeline
 from keras_kd.data.synthetic import write_synthetic
 from keras_kd.distill.losses import LANDMARK_UNITS
@@ -77,6 +77,7 @@ def main() -> None:
     cfg = pipeline.InputConfig(image_size=a.size, batch_size=a.batch)
     train = pipeline.make_dataset(data, "train", cfg, True).map(lambda x, t: (x, t["landmarks"]))
     test = pipeline.make_dataset(data, "test", cfg, False).map(lambda x, t: (x, t["landmarks"]))
+    conv_grad.install()
     model = build(a.width, a.head, a.size)
     warm = a.steps // 10
     sched = keras.optimizers.schedules.CosineDecay(0.0, a.steps - warm, warmup_target=a.lr, warmup_steps=warm)

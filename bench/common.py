@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from keras_kd import conv_grad
 from keras_kd.keras import keras, tf
 
 QUICK, PAPER = 48, 224          # the presets' input sizes
@@ -56,11 +57,13 @@ def environment() -> Dict[str, str]:
 
 
 def header(name: str) -> None:
+    """Also installs keras-kd's Conv2D input gradient, as training does (keras_kd/conv_grad.py)."""
+    grad = "keras-kd's" if conv_grad.install() else "TensorFlow's"
     env = environment()
     print(f"# bench.{name}: python -m bench.{name} {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {env['date']}; {env['cpu']}, {env['cores']} cores, {env['devices']}; {env['load']}")
     print(f"# python {env['python']}, tensorflow {env['tensorflow']}, tf_keras {env['tf_keras']}, "
-          f"numpy {env['numpy']}")
+          f"numpy {env['numpy']}; Conv2D input gradient: {grad}")
     sys.stdout.flush()
 
 

@@ -48,7 +48,7 @@ def measure(width: int, size: int, batch: int, classes: int, repeats: int, teach
         grads[mode] = gradients(d, x, y)
         fns[mode] = common.step_fn(d, x, y)
         fns[mode]()  # traced now, with this mode's gradient
-    conv_grad.install()  # back to what importing keras-kd chose
+    conv_grad.install()  # back to what training uses (common.header installed it)
     secs = common.rounds(fns, repeats, number=1)
     diff = float(np.abs(grads["tf"] - grads["keras_kd"]).max() / np.abs(grads["tf"]).max())
     return {"width": width, "size": size, "batch": batch, "tf_s": secs["tf"], "keras_kd_s": secs["keras_kd"],

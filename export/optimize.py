@@ -40,6 +40,7 @@ import numpy as np
 
 from export import saved_model
 from export.saved_model import ExportError
+from keras_kd import conv_grad
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill.distiller import Distiller
@@ -204,6 +205,7 @@ def distill_fine_tune(student: keras.Model, teacher: keras.Model, stage: Stage, 
     """Trains ``student`` for ``epochs`` with the stage's task loss + soft targets from ``teacher``
     (frozen), at the initialized learning rate (Config.lr_init), on one device (export is a single-process
     step, whatever strategy the run trained with); returns {"steps", "train_seconds", "loss"}."""
+    conv_grad.install()
     task = TASKS[stage.task]
     train_cfg = task.batch_config(cfg, training=True)
     meta_steps = _train_steps(data_dir, train_cfg.batch_size)

@@ -1,7 +1,9 @@
 """Config: every hyper-parameter of a run in one frozen dataclass.
 
 `flags/` builds it from absl flags (with presets); library code takes a Config and never reads flags, so
-it is testable and usable from Python without a command line.
+it is testable and usable from Python without a command line. Its defaults are the `quick` preset, the
+default of `python main.py` (`Config()` is that run); `flags/presets.py` holds the other presets as changes
+to them.
 """
 from __future__ import annotations
 
@@ -34,35 +36,36 @@ class Config:
     teacher_outputs: str = ""              # a file of a teacher's outputs per record (teachers/outputs.py)
 
     # models
-    students: Tuple[int, ...] = (2, 4, 8)  # ResNet-50 width divisors
+    students: Tuple[int, ...] = (8,)       # ResNet-50 width divisors (Table 2: 2, 4, 8)
     student_arch: Tuple[str, ...] = ("resnet50",)  # models/archs.py; other archs add one student each
     student_width: float = 1.0             # width multiplier of the non-ResNet students
     resnet_blocks: Tuple[int, ...] = (3, 4, 6, 3)  # ResNet residual blocks per stage; smoke: 1,1,1,1
     image_size: int = 48
     embedding_dim: int = 0
-    landmark_head: str = "pooled"          # pooled (the paper's fc on K) | spatial (models/heads.py)
+    landmark_head: str = "spatial"         # spatial | pooled (the paper's fc on K) | heatmap (models/heads.py)
 
-    # optimisation (the paper: Nesterov SGD with step decay; keras_kd/training.py)
-    optimizer: str = "sgd"                 # sgd (Nesterov, momentum) | adamw
-    lr_schedule: str = "step"              # step (×lr_decay_factor every lr_decay_epochs) | cosine
-    warmup_epochs: float = 0.0             # linear warm-up from 0 (cosine schedule)
+    # optimisation: the short-run recipe (docs/recipe.md; the paper's Nesterov SGD with step decay is the
+    # paper preset; keras_kd/training.py)
+    optimizer: str = "adamw"               # adamw | sgd (Nesterov, momentum)
+    lr_schedule: str = "cosine"            # cosine | step (×lr_decay_factor every lr_decay_epochs)
+    warmup_epochs: float = 0.3             # linear warm-up from 0 (cosine schedule)
     batch_size: int = 32                   # classification (global batch)
     align_batch_size: int = 32
     ids_per_batch: int = 8                 # verification: P identities × K images per batch
     images_per_id: int = 4
-    lr_scratch: float = 0.1
-    lr_init: float = 0.01
-    lr_transfer: float = 0.0               # align/verify teacher and initialized students; 0 = lr_init
+    lr_scratch: float = 3e-3
+    lr_init: float = 1e-3
+    lr_transfer: float = 3e-3              # align/verify teacher and initialized students; 0 = lr_init
     lr_decay_epochs: int = 30
     lr_decay_factor: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 1e-4
-    teacher_epochs: int = 8
-    student_epochs: int = 6
-    fitnet_epochs: int = 2
-    transfer_epochs: int = 5
-    teacher_transfer_epochs: int = 0       # the align/verify teacher's; 0 = transfer_epochs
-    pretrain_epochs: int = 5
+    weight_decay: float = 0.01
+    teacher_epochs: int = 2
+    student_epochs: int = 2
+    fitnet_epochs: int = 1
+    transfer_epochs: int = 1
+    teacher_transfer_epochs: int = 4       # the align/verify teacher's; 0 = transfer_epochs
+    pretrain_epochs: int = 4
     steps_per_execution: int = 1
 
     # distillation
@@ -72,10 +75,10 @@ class Config:
     cls_inits: Tuple[str, ...] = ("label", "scratch", "fitnet")
     scratch_targets: Tuple[str, ...] = ("soft",)
     transfer_inits: Tuple[str, ...] = ("pretrain", "distill")
-    ab_grid: Tuple[Tuple[float, float], ...] = ((0, 0), (0, 1), (1, 0))
+    ab_grid: Tuple[Tuple[float, float], ...] = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0))
     margin: float = 0.4
     mining: str = "batch_hard"
-    verify_softmax: Tuple[bool, ...] = (False, True)
+    verify_softmax: Tuple[bool, ...] = (True,)  # (False, True): Table 4's triplet-only variant too
 
     # more distillation methods (distill/methods.py): specs "name[:weight]" joined by "," or "+"
     kd: str = ""                           # the loss of the distilled classification student; "" = soft:alpha
@@ -92,9 +95,9 @@ class Config:
     rkd_angle_weight: float = 50.0
 
     # synthetic data
-    synthetic_identities: int = 40
-    synthetic_images: int = 50
-    synthetic_size: int = 64
+    synthetic_identities: int = 60
+    synthetic_images: int = 80
+    synthetic_size: int = 56
 
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)

@@ -7,8 +7,9 @@ input sizes a CPU can afford (`python -m bench.conv_grad` measures it). The inpu
 is itself a convolution: of the output gradient, zero-interleaved for strided convolutions, with the kernel
 flipped and its channels swapped. This computes it that way, with the forward Conv2D kernel.
 
-`install()` replaces the registered gradient of the Conv2D op (process-wide, for graphs traced afterwards);
-the filter gradient and every case it does not handle (NCHW, dilation, explicit padding, unknown kernel
+`install()` replaces the registered gradient of the Conv2D op (process-wide, for graphs traced afterwards).
+Nothing installs it on import: it is called where training starts (the Runner's `_train`, export's
+distillation fine-tuning, the benchmarks' `common.header`), and again is harmless. The filter gradient and every case it does not handle (NCHW, dilation, explicit padding, unknown kernel
 size, fewer than 16 input channels) stay TensorFlow's own. KERAS_KD_CONV_GRAD: "auto" (the default) uses it
 when no GPU is visible, "fast" always, "tf" never.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import tensorflow as tf
+from keras_kd.keras import tf  # first: TF_USE_LEGACY_KERAS is set before TensorFlow loads
 from tensorflow.python.framework import ops  # the gradient registry has no public API to replace an entry
 from tensorflow.python.ops import nn_grad
 

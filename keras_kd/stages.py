@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import distribute, results, seeds, training
+from keras_kd import conv_grad, distribute, results, seeds, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
@@ -413,6 +413,7 @@ class Runner:
     def _train(self, stage: Stage) -> dict:
         cfg, task = self.cfg, TASKS[stage.task]
         label = f"{stage.task}/{stage.name}"
+        conv_grad.install()  # before fit traces the train step
         keras.utils.set_random_seed(cfg.seed)  # per stage: a stage's result does not depend on run order
         meta = self.meta(stage.task)
         data_dir = self.data_dir(stage.task)

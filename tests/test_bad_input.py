@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import PAPER_RECIPE, run_main
 from keras_kd.data.example import make_example, shard_paths
 from keras_kd.data.synthetic import write_synthetic
 from keras_kd.keras import tf
@@ -95,7 +95,7 @@ def _runner(data, tmp_path, **kw):
     from keras_kd.stages import Runner
 
     cfg = Config(data=str(data), model_dir=str(tmp_path / "runs"), image_size=32, students=(8,), batch_size=16,
-                 verbose=0, resnet_blocks=(1, 1, 1, 1), **{"student_epochs": 1, "lr_scratch": 0.05, **kw})
+                 verbose=0, resnet_blocks=(1, 1, 1, 1), **{**PAPER_RECIPE, "student_epochs": 1, "lr_scratch": 0.05, **kw})
     logs = []
     return Runner(cfg, tf_.distribute.get_strategy(), log=logs.append), logs
 

@@ -46,9 +46,44 @@ def _resnet_gradients():
     return [g.numpy() for g in grad()]
 
 
-def test_installed_by_keras_kd_and_a_resnet_gradient_is_unchanged():
+def _tf_gradient_after(code: str, **env) -> str:
+    """Runs `code` in a fresh Python; prints whether Conv2D's registered gradient is TensorFlow's then."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env)
+    code += ("\nfrom tensorflow.python.framework import ops\nfrom tensorflow.python.ops import nn_grad\n"
+             "print(ops._gradient_registry.lookup('Conv2D') is nn_grad._Conv2DGrad)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
+
+
+def test_importing_keras_kd_leaves_tensorflows_gradient():
+    assert _tf_gradient_after("import keras_kd.keras, keras_kd.stages, main", KERAS_KD_CONV_GRAD="fast") == "True"
+
+
+def test_installed_where_training_starts_and_a_resnet_gradient_is_unchanged(tmp_path, monkeypatch):
+    """The Runner's training and export's fine-tuning install it before anything is traced; with it, a
+    ResNet's gradients are TensorFlow's."""
+    from export import optimize
+    from keras_kd.config import Config
+    from keras_kd.stages import Runner
+    from keras_kd.tasks import Stage
+
+    class Installed(Exception):
+        pass
+
+    def spy(mode=None):
+        raise Installed
+    monkeypatch.setattr(conv_grad, "install", spy)
+    runner = Runner(Config(model_dir=str(tmp_path)), tf.distribute.get_strategy(), log=lambda _: None)
+    with pytest.raises(Installed):
+        runner._train(Stage("classify", "teacher", 1, "scratch", 1, 0.1))
+    with pytest.raises(Installed):
+        optimize.distill_fine_tune(None, None, None, "", None, 1)
+    monkeypatch.undo()
+
     from tensorflow.python.framework import ops
     cpu_only = not tf.config.list_physical_devices("GPU")  # "auto" keeps TensorFlow's where a GPU is visible
+    assert conv_grad.install() == cpu_only
     assert (ops._gradient_registry.lookup("Conv2D") is conv_grad._conv2d_grad) == cpu_only  # noqa: SLF001
     try:
         conv_grad.install("fast")
@@ -56,7 +91,7 @@ def test_installed_by_keras_kd_and_a_resnet_gradient_is_unchanged():
         conv_grad.uninstall()
         theirs = _resnet_gradients()
     finally:
-        conv_grad.install()  # back to what importing keras-kd chose
+        conv_grad.install()  # back to what training uses
     scale = max(np.abs(t).max() for t in theirs)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
@@ -68,10 +103,4 @@ def test_a_bad_mode_is_refused():
 
 
 def test_env_keeps_tensorflows_gradient():
-    env = dict(os.environ, KERAS_KD_CONV_GRAD="tf", TF_CPP_MIN_LOG_LEVEL="2")
-    code = ("import keras_kd.keras\nfrom tensorflow.python.framework import ops\n"
-            "from tensorflow.python.ops import nn_grad\n"
-            "print(ops._gradient_registry.lookup('Conv2D') is nn_grad._Conv2DGrad)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.stdout.strip() == "True", out.stderr[-2000:]
+    assert _tf_gradient_after("from keras_kd import conv_grad\nconv_grad.install()", KERAS_KD_CONV_GRAD="tf") == "True"

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PAPER_RECIPE
+
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4
 # int8 against float, on the whole (tiny: 28-image) test split of smoke models: top-1 / rank-1 may move by
@@ -29,12 +31,13 @@ OUTPUTS = {"classify": {"probabilities", "class_id"}, "align": {"landmarks"}, "v
 
 def _smoke_config(model_dir):
     from keras_kd.config import Config
-    # flags/presets.py "smoke", spelled as Config values (importing the flags module would define its flags).
+    # flags/presets.py "smoke"'s sizes, spelled as Config values (importing the flags module would define its
+    # flags), with the paper's SGD and pooled landmark head these tests were written for.
     return Config(model_dir=str(model_dir), preset="smoke", image_size=32, students=(8,), batch_size=16,
                   align_batch_size=16, ids_per_batch=4, images_per_id=4, teacher_epochs=1, student_epochs=1,
-                  fitnet_epochs=1, transfer_epochs=1, pretrain_epochs=1, synthetic_identities=8,
-                  synthetic_images=16, synthetic_size=40, lr_scratch=0.05, verbose=0,
-                  resnet_blocks=(1, 1, 1, 1))
+                  fitnet_epochs=1, transfer_epochs=1, teacher_transfer_epochs=0, pretrain_epochs=1,
+                  synthetic_identities=8, synthetic_images=16, synthetic_size=40, verify_softmax=(False, True),
+                  landmark_head="pooled", verbose=0, resnet_blocks=(1, 1, 1, 1), **{**PAPER_RECIPE, "lr_scratch": 0.05})
 
 
 @pytest.fixture(scope="module")

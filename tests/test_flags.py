@@ -12,6 +12,28 @@ def test_preset_fills_unset_flags(parse):
     assert cfg.verify_softmax == (False, True)
 
 
+def test_config_defaults_are_the_default_run(parse):
+    """`Config()` is what `python main.py` runs with no flags, which is the quick preset."""
+    from keras_kd.config import Config
+    assert parse() == Config() == parse("--preset=quick")
+
+
+def test_method_hyperparameters_are_config_fields_and_flags(parse):
+    """methods.py's fields define the flags; Config keeps a field of the same name and default for each."""
+    from keras_kd.config import Config
+    from keras_kd.distill import methods
+    defaults = {name: default for name, default, _, _ in methods.hyperparameters()}
+    assert "dkd_beta" in defaults and "rkd_angle_weight" in defaults
+    prefixes = tuple(f"{c.prefix}_" for c in methods.REGISTRY.values() if c.prefix)
+    assert {f for f in Config.__dataclass_fields__ if f.startswith(prefixes)} == set(defaults)
+    assert {n: getattr(Config(), n) for n in defaults} == defaults == {n: getattr(parse(), n) for n in defaults}
+    cfg = parse("--dkd_beta=2", "--at_p=1")
+    assert methods.settings("dkd", cfg) == {"dkd_alpha": 1.0, "dkd_beta": 2.0, "dkd_temperature": 4.0}
+    assert methods.create("at", cfg) == methods.AT(p=1.0, beta=1000.0)
+    with pytest.raises(flags.Error):
+        parse("--dist_tau=0")
+
+
 def test_val_fraction_defaults_to_a_tenth_and_zero_turns_it_off(parse):
     assert parse().val_fraction == 0.1
     assert parse("--val_fraction=0").val_fraction == 0.0

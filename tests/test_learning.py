@@ -9,10 +9,10 @@ pytestmark = pytest.mark.slow
 
 
 def _quick_shaped(**kw):
-    """A Config of the quick preset's shape and recipe (48 px, AdamW + warm-up + cosine, spatial head)."""
-    from flags.presets import SHORT_RUN
+    """A Config of the quick preset's shape and recipe (48 px, AdamW + warm-up + cosine, spatial head): its
+    defaults."""
     from keras_kd.config import Config
-    return Config(**{**SHORT_RUN, "image_size": 48, "students": (8,), "verbose": 0, **kw})
+    return Config(**{"image_size": 48, "students": (8,), "verbose": 0, **kw})
 
 
 def _loss_fell(record, factor):

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from conftest import PAPER_RECIPE
 from keras_kd.config import Config
 from keras_kd.data import synthetic
 from keras_kd.keras import tf
@@ -16,7 +17,7 @@ from keras_kd.stages import Runner, StageError, signature_diff
 BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
             student_epochs=1, transfer_epochs=1, pretrain_epochs=1, ab_grid=((1.0, 0.0),),
             transfer_inits=("distill",), verify_softmax=(False,), ids_per_batch=2, images_per_id=2,
-            resnet_blocks=(1, 1, 1, 1))
+            teacher_transfer_epochs=0, resnet_blocks=(1, 1, 1, 1), **PAPER_RECIPE)
 
 
 @pytest.fixture(scope="module")

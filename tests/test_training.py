@@ -17,7 +17,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert r[0] == 0 and np.all(np.diff(r[:10]) > 0)           # linear warm-up over one epoch
     assert r[10] == pytest.approx(1.0)                          # the peak
     assert np.all(np.diff(r[10:]) < 0) and r[-1] < 0.01         # cosine down to ~0
-    assert _rates(Config(lr_schedule="cosine"))[0] == pytest.approx(1.0)  # no warm-up: starts at the peak
+    assert _rates(Config(lr_schedule="cosine", warmup_epochs=0))[0] == pytest.approx(1.0)  # no warm-up: starts at the peak
 
 
 def test_step_schedule_is_the_papers():
@@ -28,7 +28,7 @@ def test_step_schedule_is_the_papers():
 @pytest.mark.parametrize("name, cls", [("sgd", keras.optimizers.SGD), ("adamw", keras.optimizers.AdamW)])
 def test_weight_decay_skips_biases_and_batch_norm(name, cls):
     """Decay shrinks kernels; batch-norm γ/β and biases stay (zero gradient, so only decay could move them)."""
-    opt = training.optimizer(Config(optimizer=name, weight_decay=0.5), 0.1, 10, 1)
+    opt = training.optimizer(Config(optimizer=name, lr_schedule="step", weight_decay=0.5), 0.1, 10, 1)
     assert isinstance(opt, cls)
     model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,)), keras.layers.BatchNormalization()])
     before = {v.name: v.numpy().copy() for v in model.trainable_variables}
@@ -62,7 +62,7 @@ def test_weight_decay_skips_every_batch_norm_and_bias_of_a_resnet_with_every_hea
               if isinstance(layer, keras.layers.BatchNormalization) or v is getattr(layer, "bias", None)}
     assert 0 < len(spared) < len(model.trainable_variables)
     for name in training.OPTIMIZERS:
-        opt = training.optimizer(Config(optimizer=name, weight_decay=0.5), 0.1, 10, 1)
+        opt = training.optimizer(Config(optimizer=name, lr_schedule="step", weight_decay=0.5), 0.1, 10, 1)
         before = [v.numpy().copy() for v in model.trainable_variables]
         opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
         for v, old in zip(model.trainable_variables, before):

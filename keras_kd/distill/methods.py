@@ -6,8 +6,8 @@
 Each component says which features of the two networks it compares (`keys`: model outputs, or the named
 feature layers of `models/resnet.FEATURE_LAYERS`), whether a narrower student feature goes through a learned
 adapter, whether it needs identity labels, and whether it is relational (compares examples with each
-other). Its hyper-parameters are its dataclass fields, read from `Config.<prefix>_<field>` (flags
-`--<prefix>_<field>`); the formulas themselves are in `distill/losses.py`.
+other). Its hyper-parameters are its dataclass fields (`hp`), read from `Config.<prefix>_<field>`; main.py's
+flags `--<prefix>_<field>` are defined from them (`hyperparameters`). The formulas are in `distill/losses.py`.
 
 | name | compares | defaults (source) |
 |---|---|---|
@@ -43,6 +43,7 @@ class KDLoss:
     """One distillation term: `loss(student_features, teacher_features, labels)` → [batch]."""
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""                   # what its flags' help starts with
     prefix: ClassVar[str] = ""                  # hyper-parameters come from Config.<prefix>_<field>
     keys: ClassVar[Tuple[str, ...]] = ()        # features read from both networks
     adapter: ClassVar[Optional[str]] = None     # "dense" | "conv1x1": maps the student's keys[0] when narrower
@@ -62,6 +63,11 @@ class KDLoss:
             if cfg is not None and hasattr(cfg, key):
                 kw[f.name] = getattr(cfg, key)
         return cls(**kw)
+
+
+def hp(default: float, help: str, lower_bound: float = 0.0):
+    """A hyper-parameter field of a prefixed component: the one place its flag's default and help live."""
+    return dataclasses.field(default=default, metadata={"help": help, "lower_bound": lower_bound})
 
 
 def _broadcast(value, like):
@@ -113,10 +119,11 @@ class Hint(_FeatureL2):
 
 @dataclasses.dataclass(frozen=True)
 class DKD(KDLoss):
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
+    alpha: float = hp(1.0, "weight of the target-class term (TCKD).")
+    beta: float = hp(8.0, "weight of the non-target-class term (NCKD).")
+    temperature: float = hp(4.0, "temperature.", lower_bound=0.01)
     name: ClassVar[str] = "dkd"
+    title: ClassVar[str] = "DKD"
     prefix: ClassVar[str] = "dkd"
     keys: ClassVar[Tuple[str, ...]] = ("logits",)
     needs_labels: ClassVar[bool] = True
@@ -129,10 +136,11 @@ class DKD(KDLoss):
 
 @dataclasses.dataclass(frozen=True)
 class DIST(KDLoss):
-    beta: float = 1.0
-    gamma: float = 1.0
-    tau: float = 1.0
+    beta: float = hp(1.0, "weight of the inter-class relation.")
+    gamma: float = hp(1.0, "weight of the intra-class relation.")
+    tau: float = hp(1.0, "temperature.", lower_bound=0.01)
     name: ClassVar[str] = "dist"
+    title: ClassVar[str] = "DIST"
     prefix: ClassVar[str] = "dist"
     keys: ClassVar[Tuple[str, ...]] = ("logits",)
     relational: ClassVar[bool] = True  # the intra-class term
@@ -146,9 +154,10 @@ AT_STAGES = ("stage1", "stage2", "stage3", "stage4")
 
 @dataclasses.dataclass(frozen=True)
 class AT(KDLoss):
-    p: float = 2.0
-    beta: float = 1000.0
+    p: float = hp(2.0, "attention = mean over channels of |F|^p.", lower_bound=0.5)
+    beta: float = hp(1000.0, "scale of the term (the paper's β).")
     name: ClassVar[str] = "at"
+    title: ClassVar[str] = "Attention transfer"
     prefix: ClassVar[str] = "at"
     keys: ClassVar[Tuple[str, ...]] = AT_STAGES  # every stage's output, as mdistiller's feats[1:]
     any_width: ClassVar[bool] = True
@@ -160,9 +169,10 @@ class AT(KDLoss):
 
 @dataclasses.dataclass(frozen=True)
 class RKD(KDLoss):
-    distance_weight: float = 25.0
-    angle_weight: float = 50.0
+    distance_weight: float = hp(25.0, "weight of the distance term.")
+    angle_weight: float = hp(50.0, "weight of the angle term.")
     name: ClassVar[str] = "rkd"
+    title: ClassVar[str] = "RKD"
     prefix: ClassVar[str] = "rkd"
     keys: ClassVar[Tuple[str, ...]] = ("hidden",)  # the pooled features (mdistiller's pooled_feat)
     any_width: ClassVar[bool] = True
@@ -219,6 +229,13 @@ def settings(name: str, cfg: Any) -> Dict[str, Any]:
     cls = REGISTRY[ALIASES.get(name, name)]
     keys = (f"{cls.prefix}_{f.name}" if cls.prefix else f.name for f in dataclasses.fields(cls))
     return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+
+
+def hyperparameters() -> List[Tuple[str, float, str, float]]:
+    """(flag name, default, help, lower bound) of every prefixed component's fields: main.py's
+    `--<prefix>_<field>` flags, and the Config fields they set."""
+    return [(f"{c.prefix}_{f.name}", f.default, f"{c.title}: {f.metadata['help']}", f.metadata["lower_bound"])
+            for c in REGISTRY.values() if c.prefix for f in dataclasses.fields(c)]
 
 
 def choices() -> List[str]:
