@@ -130,6 +130,6 @@ def widths(model_dir: str) -> str:
 
 if __name__ == "__main__":
     root = sys.argv[1] if len(sys.argv) > 1 else "runs/real"
-    for task in ("classify", "align", "verify"):
+    for task in ROWS:  # the tables this script lays out, one per task
         print(f"## {task}\n\n{table(root, task)}")
     print(f"## widths (seed 0)\n\n{widths(root)}")

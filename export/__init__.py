@@ -34,16 +34,13 @@ results.md shows in its "All models" table.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
-from keras_kd import distribute, results
+from keras_kd import distribute, io, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import parse_example, shard_paths
@@ -55,7 +52,8 @@ from keras_kd.tasks import TASKS, Stage
 from export import saved_model, tflite
 from export.saved_model import ExportError
 
-FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8")
+# The one list of export formats: the SavedModel and a .tflite file per tflite.KINDS.
+FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in tflite.KINDS)
 DEFAULT_FORMATS = FORMATS
 EXPORT_FILE = "export.json"
 VERIFY_SAMPLES = 8
@@ -224,14 +222,6 @@ def teacher_of(stage: Stage) -> tuple:
     return stage.task, "teacher" + ("_softmax" if stage.softmax else "")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verification_samples(data_dir: str, cfg: Config, task: str, n: int = VERIFY_SAMPLES) -> List[dict]:
     """The first ``n`` test images of the evaluation pipeline with their original file bytes and size."""
     ds = pipeline.make_dataset(data_dir, "test", TASKS[task].batch_config(cfg, training=False), training=False)
@@ -259,7 +249,7 @@ def _export_one(runner: Runner, task: str, name: str, options: dict, overwrite: 
     export_dir = os.path.join(base, name)
     model, stage, _ = load_stage(runner, task, name)  # before any directory is made
     weights = os.path.join(cfg.model_dir, task, "stages", name + ".weights.h5")
-    sha = _sha256(weights)
+    sha = io.sha256_file(weights)
     previous = _read_json(os.path.join(export_dir, EXPORT_FILE))
     if previous and not overwrite and previous.get("weights_sha256") == sha and previous.get("options") == options \
             and all(os.path.exists(p) for p in _paths(previous)):
@@ -271,8 +261,7 @@ def _export_one(runner: Runner, task: str, name: str, options: dict, overwrite: 
     try:
         record = _build(runner, task, name, model, stage, data_dir, staging, options)
         record.update(weights=weights, weights_sha256=sha, options=options)
-        with open(os.path.join(staging, EXPORT_FILE), "w") as f:
-            json.dump(_relocate(record, staging, export_dir), f, indent=1, default=_json_default)
+        io.write_json(os.path.join(staging, EXPORT_FILE), _relocate(record, staging, export_dir))
         _install(staging, export_dir, options)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -359,10 +348,7 @@ def _add_latency(record: dict, path: str) -> dict:
         return record
     for kind in missing:
         record[kind]["latency_ms"] = tflite.latency_ms(record[kind]["path"])
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    io.write_json(path, record)
     return record
 
 
@@ -375,8 +361,7 @@ def _paths(record) -> List[str]:
 
 
 def _write(path: str, data: bytes) -> str:
-    with open(path, "wb") as f:
-        f.write(data)
+    io.write_bytes(path, data)
     return path
 
 
@@ -425,15 +410,9 @@ def _read_json(path: str) -> Optional[dict]:
         return None
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 # ------------------------------------------------------------------------------------ results.json
 
-EXPORTED_KINDS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "qat_int8", "pruned_fp32")
+EXPORTED_KINDS = FORMATS[1:] + ("qat_int8", "pruned_fp32")  # the .tflite files a record can have
 
 
 def flat_metrics(record: dict, task: str) -> Dict[str, float]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from absl import flags
 
 from export import FORMATS
+from keras_kd.tasks import TASKS
 
 FLAGS = flags.FLAGS
-TASK_NAMES = ("classify", "align", "verify")
 
 flags.DEFINE_string("model_dir", "runs", "The training run's --model_dir (stages under <model_dir>/<task>/stages).")
-flags.DEFINE_enum("task", None, TASK_NAMES, "Task whose students to export.")
+flags.DEFINE_enum("task", None, list(TASKS), "Task whose students to export.")
 flags.DEFINE_list("models", None, "Stage names to export (default: every evaluated student saved under "
                   "<model_dir>/<task>/stages; name a teacher here to export it too).")
 flags.DEFINE_list("formats", list(FORMATS), "Any of " + ", ".join(FORMATS) + ".")

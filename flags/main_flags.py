@@ -8,11 +8,11 @@ from keras_kd.config import Config
 from keras_kd.distribute import STRATEGIES
 from keras_kd.distill import methods
 from keras_kd.models import archs
+from keras_kd.tasks import TASKS
 
-TASK_NAMES = ("classify", "align", "verify")
 D = Config()  # defaults when neither a preset nor the command line sets a flag
 
-flags.DEFINE_enum("task", "classify", TASK_NAMES, "Experiment to run.")
+flags.DEFINE_enum("task", "classify", list(TASKS), "Experiment to run.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "train: train (or reuse) every stage, "
                   "then write results. evaluate: measure the trained models of --model_dir on --eval_data, no "
                   "training. predict: run one student on the images of --images (export/predict.py).")

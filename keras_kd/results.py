@@ -12,8 +12,8 @@ follow ``keras_kd.metrics``: names containing a ``top1``/``top5``/``rank1``/``pa
 token are fractions (shown as percent);
 ``nrmse``/``failure_rate`` are already percent; anything else is shown as stored.
 
-Every file is written atomically (temp file in the same directory, then ``os.replace``) so a reader never
-sees half a file, even while a run is still updating it.
+Every file is written atomically (keras_kd.io) so a reader never sees half a file, even while a run is
+still updating it.
 """
 from __future__ import annotations
 
@@ -22,15 +22,14 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from keras_kd import io
 from keras_kd import metrics as kd_metrics
 
-TASKS = ("classify", "align", "verify")
 ROLES = ("teacher", "student")
 TOP_KEYS: dict[str, type] = {"task": str, "data": str, "preset": str, "seed": numbers.Integral, "models": list}
 MODEL_KEYS: dict[str, type] = {
@@ -61,13 +60,19 @@ def _type_ok(value: Any, kind: type) -> bool:
     return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is not a number
 
 
+def task_names() -> tuple:
+    """The tasks of the registry (keras_kd.tasks, which imports this module: hence imported here)."""
+    from keras_kd.tasks import TASKS
+    return tuple(TASKS)
+
+
 def validate(results: dict) -> None:
     """Raise ValueError naming the model (or 'results') and the bad key, so a broken writer is found fast."""
     for key, kind in TOP_KEYS.items():
         if not _type_ok(results.get(key), kind):
             raise ValueError(f"results: key {key!r} missing or not {_kind_name(kind)}: {results.get(key)!r}")
-    if results["task"] not in TASKS:
-        raise ValueError(f"results: key 'task' must be one of {TASKS}, got {results['task']!r}")
+    if results["task"] not in task_names():
+        raise ValueError(f"results: key 'task' must be one of {task_names()}, got {results['task']!r}")
     names = set()
     for i, m in enumerate(results["models"]):
         name = m.get("name", f"#{i}") if isinstance(m, dict) else f"#{i}"
@@ -92,29 +97,6 @@ def validate(results: dict) -> None:
 
 def _kind_name(kind: type) -> str:
     return {numbers.Integral: "an int", numbers.Real: "a number"}.get(kind, f"a {kind.__name__}")
-
-
-def _json_default(obj: Any) -> Any:
-    """numpy scalars and arrays (what metric functions return) as plain JSON values."""
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through ``write(file)`` to a temp file beside ``path``, then rename it over ``path``."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class Results:
@@ -154,8 +136,7 @@ class Results:
         """Validate, stamp ``updated`` and write results.json atomically."""
         validate(self.data)
         self.data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        text = json.dumps(self.data, indent=2, default=_json_default) + "\n"
-        _atomic_write(self.path, lambda f: f.write(text))
+        io.write_json(self.path, self.data, indent=2)
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -401,7 +382,7 @@ def methods_markdown(by_task: dict[str, dict]) -> str:
     variant) with its headline metric. ``by_task``: task → its results.json. '' when no method ran."""
     columns: dict[tuple, str] = {}
     cells: dict[tuple, dict] = {}
-    for task in TASKS:
+    for task in task_names():
         metric = (METHOD_METRICS.get(task) or [""])[0]
         for m in _method_rows(by_task.get(task, {}).get("models", [])):
             variant = " (+softmax)" if m.get("softmax") else ""
@@ -425,13 +406,13 @@ def methods_markdown(by_task: dict[str, dict]) -> str:
 def write_methods(model_dir: str) -> str:
     """Writes ``model_dir/methods.md`` from every task's results.json there (when a method ran); returns it."""
     by_task = {}
-    for task in TASKS:
+    for task in task_names():
         path = os.path.join(model_dir, task, "results.json")
         if os.path.exists(path):
             by_task[task] = Results.load(path).data
     text = methods_markdown(by_task)
     if text:
-        _atomic_write(os.path.join(model_dir, "methods.md"), lambda f: f.write(text))
+        io.write_text(os.path.join(model_dir, "methods.md"), text)
     return text
 
 
@@ -475,10 +456,6 @@ def _networks_table(task: str, models: list[dict]) -> list[str]:
          "MFLOPs", "int8 size (kB)", "int8 latency (ms)"], rows) + [""]
 
 
-EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "qat_int8",
-                  "pruned_fp32")
-
-
 def _export_table(models: list[dict]) -> list[str]:
     """Each exported student's files: size and the task metric measured on the file, beside Keras's.
 
@@ -489,9 +466,8 @@ def _export_table(models: list[dict]) -> list[str]:
         exp = m.get("export") or {}
         keras_metrics = exp.get("keras", {})
         metric = next(iter(keras_metrics), "")
-        for fmt in EXPORT_FORMATS:
-            entry = exp.get(fmt)
-            if not entry:
+        for fmt, entry in exp.items():  # the record's exported files (export.FORMATS), in its order
+            if not isinstance(entry, dict) or "size_bytes" not in entry:
                 continue
             on_file = (format_metric(metric, entry[metric]) if metric in entry
                        else f"max abs diff {entry.get('max_abs_diff', float('nan')):.1e}")
@@ -548,7 +524,7 @@ def write_markdown(results: dict, path: str) -> str:
     lines += _teacher_cache_table(models, task)
     lines += _full_table(models)
     text = "\n".join(lines) + "\n"
-    _atomic_write(path, lambda f: f.write(text))
+    io.write_text(path, text)
     return text
 
 
@@ -567,7 +543,7 @@ def _figure(n_axes: int = 1, cols: int = 3):
 
 def _save(fig, path: str) -> None:
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
 def plot_history(histories: dict[str, dict[str, list[float]]], path: str) -> list[str]:
@@ -652,10 +628,4 @@ def plot_alignment_examples(images: np.ndarray, points: dict[str, np.ndarray], p
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.4 * rows + 0.4)))
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
-
-
-def write_json(path: str, obj: Any) -> None:
-    """JSON written atomically (numpy values as plain ones)."""
-    text = json.dumps(obj, indent=1, default=_json_default) + "\n"
-    _atomic_write(path, lambda f: f.write(text))
+    io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
