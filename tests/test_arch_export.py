@@ -184,8 +184,8 @@ def test_qat_unsupported_layer_is_one_line_error_before_any_export(monkeypatch, 
 
 def test_latency_ms_of_a_tiny_tflite_file_and_of_a_reused_record(tmp_path):
     import tensorflow as tf
-    import export
     from export import tflite
+    from export.run import _add_latency
 
     @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32, name="image")])
     def crop(image):
@@ -202,5 +202,5 @@ def test_latency_ms_of_a_tiny_tflite_file_and_of_a_reused_record(tmp_path):
     record = {"name": "m", "keras": {"rank1": 1.0}, "tflite_fp32": {"path": str(path), "size_bytes": 1}}
     saved = tmp_path / "export.json"
     saved.write_text(json.dumps(record))
-    assert export._add_latency(record, str(saved))["tflite_fp32"]["latency_ms"] > 0
+    assert _add_latency(record, str(saved))["tflite_fp32"]["latency_ms"] > 0
     assert json.loads(saved.read_text()) == record
