@@ -1,6 +1,6 @@
 """`python -m export --model_dir=runs --task=align [--models=...] [--formats=...] [--qat] [--prune=0.5]`.
 
-Re-creates the run's Config from its saved stages, exports, prints one line per model and a JSON summary
+Reads the run's Config from its config.json (export.config_from_run; flags given here win), exports, prints one line per model and a JSON summary
 path. Bad input (missing or corrupt checkpoint, no data) prints one line ``error: <file>: <why>`` on
 stderr and exits with code 2, leaving no partial export directory.
 """
@@ -23,8 +23,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines about renamed signature inputs
     fv = export_flags.FLAGS
     try:
-        cfg = export.config_from_stages(fv.model_dir, fv.task, fv.data, fv.cls_data,
-                                        **export_flags.config_overrides(fv))
+        cfg = export.config_from_run(fv.model_dir, fv.task, fv.data, fv.cls_data,
+                                     **export_flags.config_overrides(fv))
         runner = Runner(cfg)
         options = export_flags.run_options(fv)
         if not options["models"]:

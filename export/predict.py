@@ -14,12 +14,12 @@ the best student of the task's results.json. Written to OUT (default `<model_dir
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
+from keras_kd import io
 from keras_kd.keras import tf
 
 from export.saved_model import ExportError, ServingModule
@@ -115,7 +115,7 @@ def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, ru
                 results_lib.draw_landmarks(img, {"predicted": np.asarray(rec["landmarks"])},
                                            os.path.join(out_dir, f"{stem}.png"))
     path = os.path.join(out_dir, "predictions.json")
-    results_lib.write_json(path, {"task": task, "model": used, "predictions": records})
+    io.write_json(path, {"task": task, "model": used, "predictions": records})
     with open(os.path.join(out_dir, "predictions.csv"), "w", newline="") as f:
         rows = [{"image": r["image"], "height": r["height"], "width": r["width"], **_csv_fields(task, r)}
                 for r in records]

@@ -214,4 +214,4 @@ def signature_io(path: str) -> dict:
 
 def kinds_from_formats(formats: Sequence[str]) -> list:
     """'tflite_int8' → 'int8' for the TFLite formats among ``formats``."""
-    return [f[len("tflite_"):] for f in ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8") if f in formats]
+    return [kind for kind in KINDS if f"tflite_{kind}" in formats]

@@ -1,20 +1,20 @@
 """Flags of `python -m export`: definitions and validation, so bad values fail before any work.
 
-The run's Config is not passed on the command line: it is re-created from what the stages saved
-(export.config_from_stages); only what a stage record does not hold (data location, embedding size) is
-asked for here.
+The run's Config is not passed on the command line: it is read from the run's <model_dir>/<task>/config.json
+(export.config_from_run; rebuilt from the stage records for a run that has none). A flag given here wins over
+the saved value; one not given leaves it.
 """
 from __future__ import annotations
 
 from absl import flags
 
 from export import FORMATS
+from keras_kd.tasks import TASKS
 
 FLAGS = flags.FLAGS
-TASK_NAMES = ("classify", "align", "verify")
 
 flags.DEFINE_string("model_dir", "runs", "The training run's --model_dir (stages under <model_dir>/<task>/stages).")
-flags.DEFINE_enum("task", None, TASK_NAMES, "Task whose students to export.")
+flags.DEFINE_enum("task", None, list(TASKS), "Task whose students to export.")
 flags.DEFINE_list("models", None, "Stage names to export (default: every evaluated student saved under "
                   "<model_dir>/<task>/stages; name a teacher here to export it too).")
 flags.DEFINE_list("formats", list(FORMATS), "Any of " + ", ".join(FORMATS) + ".")
@@ -49,14 +49,13 @@ flags.register_validator("prune", lambda v: v == 0.0 or 0.0 < v < 1.0, "--prune:
 
 
 def config_overrides(fv: flags.FlagValues = FLAGS) -> dict:
-    """Config fields the flags set (the rest comes from the stages' records and Config's defaults)."""
-    kw = dict(embedding_dim=fv.embedding_dim, seed=fv.seed, verbose=fv.verbose)
-    if fv.batch_size:
+    """Config fields of the flags given on the command line (the rest comes from the run's config.json), and
+    verbose, which is this command's own."""
+    kw = {name: fv[name].value for name in ("embedding_dim", "seed", "ids_per_batch", "images_per_id")
+          if fv[name].present}
+    if fv["batch_size"].present:
         kw.update(batch_size=fv.batch_size, align_batch_size=fv.batch_size)
-    for name in ("ids_per_batch", "images_per_id"):
-        if fv[name].value:
-            kw[name] = fv[name].value
-    return kw
+    return dict(kw, verbose=fv.verbose)
 
 
 def run_options(fv: flags.FlagValues = FLAGS) -> dict:

@@ -8,8 +8,8 @@ from keras_kd.config import Config
 from keras_kd.distribute import STRATEGIES
 from keras_kd.distill import methods
 from keras_kd.models import archs
+from keras_kd.tasks import TASKS
 
-TASK_NAMES = ("classify", "align", "verify")
 D = Config()  # the defaults: the quick preset (flags/presets.py)
 
 
@@ -25,7 +25,7 @@ def _d(name: str):
     return value
 
 
-flags.DEFINE_enum("task", _d("task"), TASK_NAMES, "Experiment to run.")
+flags.DEFINE_enum("task", _d("task"), list(TASKS), "Experiment to run.")
 flags.DEFINE_enum("mode", _d("mode"), ["train", "evaluate", "predict"], "train: train (or reuse) every stage, "
                   "then write results. evaluate: measure the trained models of --model_dir on --eval_data, no "
                   "training. predict: run one student on the images of --images (export/predict.py).")

@@ -21,10 +21,11 @@ from typing import Callable
 
 from keras_kd import results
 from keras_kd.config import Config
+from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
 from keras_kd.keras import keras
 from keras_kd.models import archs
-from keras_kd.stages import StageError, _naming_bad_records, synthetic_dir
+from keras_kd.stages import StageError, synthetic_dir
 from keras_kd.tasks import TASKS
 
 
@@ -64,7 +65,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     for rec in trained["models"]:
         model = _load(rec, cfg, out_dir)
         ecfg = cfg.replace(image_size=int(rec.get("image_size", cfg.image_size)))
-        with _naming_bad_records(cfg.eval_data):
+        with pipeline.naming_bad_records(cfg.eval_data):
             metrics, art = task.evaluate(model, cfg.eval_data, ecfg)
         if cfg.task == "classify" and not same_classes:
             metrics.pop("top1", None)

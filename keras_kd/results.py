@@ -13,8 +13,8 @@ The tables render what each Task declares (tasks/base.Task): its headline metric
 of its metric names (fractions are shown as percent, percents as stored, anything else as stored), the
 metric columns of the methods and teacher-cache tables, and its tables in the paper's shape.
 
-Every file is written atomically (temp file in the same directory, then ``os.replace``) so a reader never
-sees half a file, even while a run is still updating it.
+Every file is written atomically (keras_kd.io) so a reader never sees half a file, even while a run is
+still updating it.
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from keras_kd import io
 from keras_kd import metrics as kd_metrics
 
 ROLES = ("teacher", "student")
@@ -91,29 +91,6 @@ def _kind_name(kind: type) -> str:
     return {numbers.Integral: "an int", numbers.Real: "a number"}.get(kind, f"a {kind.__name__}")
 
 
-def _json_default(obj: Any) -> Any:
-    """numpy scalars and arrays (what metric functions return) as plain JSON values."""
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through ``write(file)`` to a temp file beside ``path``, then rename it over ``path``."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 class Results:
     """One results.json: load it (or start empty), upsert model records by name, save atomically."""
 
@@ -151,8 +128,7 @@ class Results:
         """Validate, stamp ``updated`` and write results.json atomically."""
         validate(self.data)
         self.data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        text = json.dumps(self.data, indent=2, default=_json_default) + "\n"
-        _atomic_write(self.path, lambda f: f.write(text))
+        io.write_json(self.path, self.data, indent=2)
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -380,7 +356,7 @@ def write_methods(model_dir: str) -> str:
             by_task[task] = Results.load(path).data
     text = methods_markdown(by_task)
     if text:
-        _atomic_write(os.path.join(model_dir, "methods.md"), lambda f: f.write(text))
+        io.write_text(os.path.join(model_dir, "methods.md"), text)
     return text
 
 
@@ -424,10 +400,6 @@ def _networks_table(task, models: list[dict]) -> list[str]:
          "MFLOPs", "int8 size (kB)", "int8 latency (ms)"], rows) + [""]
 
 
-EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "qat_int8",
-                  "pruned_fp32")
-
-
 def _export_table(models: list[dict]) -> list[str]:
     """Each exported student's files: size and the task metric measured on the file, beside Keras's.
 
@@ -438,9 +410,8 @@ def _export_table(models: list[dict]) -> list[str]:
         exp = m.get("export") or {}
         keras_metrics = exp.get("keras", {})
         metric = next(iter(keras_metrics), "")
-        for fmt in EXPORT_FORMATS:
-            entry = exp.get(fmt)
-            if not entry:
+        for fmt, entry in exp.items():  # the record's exported files (export.FORMATS), in its order
+            if not isinstance(entry, dict) or "size_bytes" not in entry:
                 continue
             on_file = (format_metric(metric, entry[metric]) if metric in entry
                        else f"max abs diff {entry.get('max_abs_diff', float('nan')):.1e}")
@@ -496,7 +467,7 @@ def write_markdown(results: dict, path: str) -> str:
     lines += _teacher_cache_table(task, models)
     lines += _full_table(models)
     text = "\n".join(lines) + "\n"
-    _atomic_write(path, lambda f: f.write(text))
+    io.write_text(path, text)
     return text
 
 
@@ -515,7 +486,7 @@ def _figure(n_axes: int = 1, cols: int = 3):
 
 def _save(fig, path: str) -> None:
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
 def plot_history(histories: dict[str, dict[str, list[float]]], path: str) -> list[str]:
@@ -601,10 +572,4 @@ def plot_alignment_examples(images: np.ndarray, points: dict[str, np.ndarray], p
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.4 * rows + 0.4)))
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
-
-
-def write_json(path: str, obj: Any) -> None:
-    """JSON written atomically (numpy values as plain ones)."""
-    text = json.dumps(obj, indent=1, default=_json_default) + "\n"
-    _atomic_write(path, lambda f: f.write(text))
+    io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")

@@ -14,12 +14,11 @@ students' initialization and data order, and the teacher is paid for once.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Callable, Dict, List
 
 import numpy as np
 
-from keras_kd import results
+from keras_kd import io, results
 from keras_kd.config import Config
 
 TEACHER_PREFIX = "teacher"
@@ -64,9 +63,7 @@ def share_teachers(src_dir: str, dst_dir: str, log: Callable[[str], None] = prin
             for suffix in STAGE_FILES:
                 src = os.path.join(stages, name + suffix)
                 if os.path.exists(src):
-                    tmp = os.path.join(dst, f".partial-{name}{suffix}")
-                    shutil.copyfile(src, tmp)
-                    os.replace(tmp, os.path.join(dst, name + suffix))
+                    io.copy_file(src, os.path.join(dst, name + suffix))
             copied.append(f"{task}/{name}")
     if copied:
         log(f"[seeds] {dst_dir}: sharing the teacher stages of {src_dir}: {', '.join(copied)}")
@@ -121,5 +118,5 @@ def write(model_dir: str, task: str, per_seed: Dict[int, dict], stem: str = "see
             f"Each cell is the mean ± sample std (ddof 1) over the seeds; per seed: "
             + ", ".join(f"{os.path.join(model_dir, f'seed{s}', task)}/" for s in sorted(per_seed)) + "\n\n")
     text = head + text
-    results._atomic_write(md_path, lambda f: f.write(text))
+    io.write_text(md_path, text)
     return text

@@ -25,18 +25,16 @@ trusts is written to a temporary name and renamed, so a kill never leaves a half
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import conv_grad, distribute, results, seeds, training
+from keras_kd import conv_grad, distribute, io, results, seeds, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
@@ -58,21 +56,6 @@ _BACKUP_KEYS = ("image_size", "seed", "optimizer", "lr_schedule", "warmup_epochs
 
 class StageError(RuntimeError):
     """A stage cannot be run or reused; the message says which and why."""
-
-
-def _atomic_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _atomic_npz(path: str, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 class _NanGuard(keras.callbacks.Callback):
@@ -119,7 +102,7 @@ class _EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epochs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
         if self.write:
-            _atomic_json(self.path, self.epochs)
+            io.write_json(self.path, self.epochs)
 
     def history(self) -> Dict[str, List[float]]:
         keys = sorted({k for v in self.epochs.values() for k in v})
@@ -377,7 +360,7 @@ class Runner:
         """The external teacher's row: evaluated on the task's test split as far as its outputs allow."""
         task = TASKS[stage.task]
         data_dir = self.data_dir(stage.task)
-        with _naming_bad_records(data_dir):
+        with pipeline.naming_bad_records(data_dir):
             m = self.external.evaluate(task, data_dir, task.batch_config(self.cfg, training=False))
         self.log(f"[stage] {stage.task}/{stage.name}: the teacher is {self.external.path} (not trained); "
                  f"{_fmt(m)}")
@@ -419,7 +402,7 @@ class Runner:
         data_dir = self.data_dir(stage.task)
         num_classes = int(meta["num_classes"]) if task.uses_labels else None
         train_cfg = task.batch_config(cfg, training=True)
-        with _naming_bad_records(data_dir, num_classes):
+        with pipeline.naming_bad_records(data_dir, num_classes):
             n_train, n_val, train_ids, val_ids = self._split_sizes(data_dir, train_cfg, num_classes)
         if train_cfg.pk and train_cfg.pk[0] > train_ids:
             held = (f" left for training (--val_fraction={cfg.val_fraction} holds out {val_ids} more)"
@@ -464,7 +447,7 @@ class Runner:
                      keras.callbacks.TensorBoard(os.path.join(self.root, stage.task, "logs", stage.name),
                                                  update_freq="epoch", profile_batch=0)]
         t0 = time.time()
-        with _naming_bad_records(data_dir, num_classes):
+        with pipeline.naming_bad_records(data_dir, num_classes):
             history = distiller.fit(ds, epochs=stage.epochs, steps_per_epoch=steps, callbacks=callbacks,
                                     validation_data=val_ds, validation_steps=val_steps, verbose=cfg.verbose)
         seconds = time.time() - t0
@@ -473,7 +456,7 @@ class Runner:
             raise StageError(f"stage {label}: loss became {loss} at epoch {epoch + 1}, step {step + 1}/{steps}; "
                              "weights not saved (lower its learning rate: --lr_scratch / --lr_init)")
         hist = epoch_log.history() or {k: [float(v) for v in vs] for k, vs in history.history.items()}
-        with _naming_bad_records(data_dir, num_classes):
+        with pipeline.naming_bad_records(data_dir, num_classes):
             metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
             # What models are chosen by: the test split above is only reported.
             val_metrics = task.evaluate(student, data_dir, cfg, split="val")[0] if stage.evaluate and n_val else {}
@@ -606,7 +589,7 @@ class Runner:
             if reason:
                 shutil.rmtree(path, ignore_errors=True)
             if not os.path.exists(sig_path):
-                _atomic_json(sig_path, signature)
+                io.write_json(sig_path, signature)
         elif reason:
             shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)
         return path
@@ -634,17 +617,14 @@ class Runner:
 
     def _save(self, stage: Stage, model: keras.Model, record: dict, artifacts: dict) -> None:
         """Weights first, record last (each via temp file + rename): a record means the weights are whole."""
-        os.makedirs(os.path.dirname(self.path(stage, "", self.root)), exist_ok=True)
-        weights = self.path(stage, ".weights.h5", self.root)
-        tmp = self.path(stage, f".partial-{os.getpid()}.weights.h5", self.root)  # the suffix picks the format
-        model.save_weights(tmp)
-        os.replace(tmp, weights)
+        with io.replacing(self.path(stage, ".weights.h5", self.root)) as tmp:  # its suffix picks the format
+            model.save_weights(tmp)
         arrays = {k: artifacts[k] for k in ("errors", "examples") if k in artifacts}
         if "roc" in artifacts:
             arrays.update(roc_fpr=artifacts["roc"][0], roc_tpr=artifacts["roc"][1])
         if arrays:
-            _atomic_npz(self.path(stage, ".eval.npz", self.root), **arrays)
-        _atomic_json(self.path(stage, ".json", self.root), record)
+            io.write_npz(self.path(stage, ".eval.npz", self.root), **arrays)
+        io.write_json(self.path(stage, ".json", self.root), record)
 
     def _artifacts(self, stage: Stage) -> dict:
         path = self.path(stage, ".eval.npz")
@@ -666,7 +646,7 @@ class Runner:
             if rec.get("evaluate", True):
                 res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate", "data", "signature")})
         if self.worker == 0:
-            _atomic_json(os.path.join(out_dir, "config.json"), dataclasses.asdict(self.cfg))
+            io.write_json(os.path.join(out_dir, "config.json"), dataclasses.asdict(self.cfg))
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
             results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks
@@ -676,21 +656,6 @@ class Runner:
             TASKS[task].plots({s.name: self._artifacts(s) for s in stages}, out_dir, res.models,
                               self.data_dir(task), self.cfg)
         return res.data
-
-
-@contextlib.contextmanager
-def _naming_bad_records(data_dir: str, num_classes: Optional[int] = None):
-    """Turns tf.data's anonymous read/decode errors into a DataError naming the file and record.
-
-    Only when a bad record is found: any other error of these types is a bug to see with its traceback.
-    """
-    try:
-        yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-        culprit = next(filter(None, (pipeline.find_bad_record(data_dir, s, num_classes) for s in ("train", "test"))), None)
-        if culprit is None:
-            raise
-        raise DataError(culprit) from None
 
 
 def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> List[str]:

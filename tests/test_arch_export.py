@@ -164,16 +164,19 @@ def test_savedmodel_and_fp32_match_keras_when_outputs_differ(arch, tmp_path):
 def test_qat_unsupported_layer_is_one_line_error_before_any_export(monkeypatch, tmp_path):
     """The heatmap landmark head's SoftArgmax is a custom layer tfmot has no recipe for: export.run with
     qat stops before exporting anything, with one line naming the architecture and the layer type."""
+    import importlib
+
     import export
     from export import optimize
     from keras_kd.models import archs
     from keras_kd.stages import Runner
     from keras_kd.tasks import Stage
+    export_run = importlib.import_module("export.run")  # the module: the package's export.run is its function
     model = archs.build_model("mobilenet_v3_small", 1, 32, 4, ("landmarks",), landmark_head="heatmap", width=0.35)
     stage = Stage("align", "student_mv3s_x0p35_pretrain", 1, "classify", 1, 0.01, arch="mobilenet_v3_small",
                   width=0.35)
-    monkeypatch.setattr(export, "load_stage", lambda runner, task, name: (model, stage, {}))
-    monkeypatch.setattr(export, "_export_one", lambda *a: pytest.fail("exported before the QAT check"))
+    monkeypatch.setattr(export_run, "load_stage", lambda runner, task, name: (model, stage, {}))
+    monkeypatch.setattr(export_run, "_export_one", lambda *a: pytest.fail("exported before the QAT check"))
     runner = Runner(_smoke_config(tmp_path), log=lambda s: None)
     with pytest.raises(optimize.OptimizeError) as err:
         export.run(runner, "align", [stage.name], qat=True, update_results=False)
@@ -187,8 +190,8 @@ def test_qat_unsupported_layer_is_one_line_error_before_any_export(monkeypatch, 
 
 def test_latency_ms_of_a_tiny_tflite_file_and_of_a_reused_record(tmp_path):
     import tensorflow as tf
-    import export
     from export import tflite
+    from export.run import _add_latency
 
     @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32, name="image")])
     def crop(image):
@@ -205,5 +208,5 @@ def test_latency_ms_of_a_tiny_tflite_file_and_of_a_reused_record(tmp_path):
     record = {"name": "m", "keras": {"rank1": 1.0}, "tflite_fp32": {"path": str(path), "size_bytes": 1}}
     saved = tmp_path / "export.json"
     saved.write_text(json.dumps(record))
-    assert export._add_latency(record, str(saved))["tflite_fp32"]["latency_ms"] > 0
+    assert _add_latency(record, str(saved))["tflite_fp32"]["latency_ms"] > 0
     assert json.loads(saved.read_text()) == record

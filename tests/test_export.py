@@ -302,3 +302,26 @@ def test_bad_format_is_rejected_before_any_work(tmp_path):
         export.run(runner, "align", ["x"], formats=("onnx",))
     with pytest.raises(export.ExportError, match="version"):
         export.run(runner, "align", ["x"], version=0)
+
+
+def test_config_from_run_reads_config_json_and_flags_given_win(tmp_path):
+    import dataclasses
+
+    import export
+    saved = dataclasses.asdict(_smoke_config("/elsewhere").replace(
+        ids_per_batch=3, embedding_dim=24, seed=5, strategy="multi_worker", ab_grid=((0, 1), (0.5, 2))))
+    saved["from_a_newer_version"] = 1  # ignored
+    del saved["val_fraction"]  # a key an older version did not write: Config's default
+    (tmp_path / "verify").mkdir()
+    (tmp_path / "verify" / "config.json").write_text(json.dumps(saved))
+    cfg = export.config_from_run(str(tmp_path), "verify", seed=9)
+    assert (cfg.ids_per_batch, cfg.embedding_dim, cfg.image_size, cfg.students) == (3, 24, 32, (8,))
+    assert cfg.ab_grid == ((0, 1), (0.5, 2)) and cfg.methods == () and cfg.val_fraction == 0.1
+    assert (cfg.model_dir, cfg.task, cfg.seed, cfg.strategy) == (str(tmp_path), "verify", 9, "auto")
+    assert export.config_from_run(str(tmp_path), "verify", data="/d", embedding_dim=0).data == "/d"
+    (tmp_path / "verify" / "config.json").write_text("{")
+    with pytest.raises(export.ExportError, match=r"verify/config\.json: unreadable run config"):
+        export.config_from_run(str(tmp_path), "verify")
+    # a run from before config.json: rebuilt from its stage records (none here)
+    with pytest.raises(export.ExportError, match=r"align/stages: no trained stage"):
+        export.config_from_run(str(tmp_path), "align")

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from keras_kd import io
 from keras_kd.keras import tf
 
 NUM_LANDMARKS = 5
@@ -118,14 +119,6 @@ def shard_paths(data_dir: str, split: str) -> list:
     return sorted(tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: bool = False,
                   test_fraction: float = 0.2, split_by: str = "image", seed: int = 0,
                   records_per_shard: int = 2000, pairs: Optional[Sequence[tuple]] = None,
@@ -162,7 +155,7 @@ def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: 
     kept_pairs = [p for p in (pairs or []) if p[0] in test_sources and p[1] in test_sources]
     pairs_path = os.path.join(out_dir, PAIRS_FILE)
     if kept_pairs:
-        _atomic_write_text(pairs_path, "".join(f"{a} {b} {int(s)}\n" for a, b, s in kept_pairs))
+        io.write_text(pairs_path, "".join(f"{a} {b} {int(s)}\n" for a, b, s in kept_pairs))
     elif tf.io.gfile.exists(pairs_path):  # left by an earlier conversion into the same directory
         tf.io.gfile.remove(pairs_path)
     meta = {
@@ -180,7 +173,7 @@ def write_dataset(out_dir: str, items: Iterable[Item], name: str, *, synthetic: 
         "skipped": len(skipped),
         **(extra_meta or {}),
     }
-    _atomic_write_text(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=1))
+    io.write_text(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=1))
     log(f"[convert] {name}: wrote {counts.get('train', 0)} train + {counts.get('test', 0)} test records, "
         f"{len(keys)} identities, {len(kept_pairs)} test pairs to {out_dir}; skipped {len(skipped)} "
         "undecodable image(s)")

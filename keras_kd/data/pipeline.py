@@ -13,6 +13,7 @@ flip maps x → W − x (then left/right points swap).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -388,3 +389,18 @@ def find_bad_record(data_dir: str, split: str, num_classes: Optional[int] = None
     """The first problem `scan` finds in a split, or None when every record reads."""
     problems, _ = scan(data_dir, split, num_classes, first_only=True)
     return problems[0] if problems else None
+
+
+@contextlib.contextmanager
+def naming_bad_records(data_dir: str, num_classes: Optional[int] = None):
+    """Turns tf.data's anonymous read/decode errors into a DataError naming the file and record.
+
+    Only when a bad record is found: any other error of these types is a bug to see with its traceback.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        culprit = next(filter(None, (find_bad_record(data_dir, s, num_classes) for s in ("train", "test"))), None)
+        if culprit is None:
+            raise
+        raise DataError(culprit) from None

@@ -44,10 +44,8 @@ import dataclasses
 import glob
 import hashlib
 import inspect
-import io
 import json
 import os
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -56,6 +54,7 @@ import numpy as np
 from keras_kd.data import pipeline
 from keras_kd.data.example import META_FILE, DataError, shard_paths
 from keras_kd.distill import methods
+from keras_kd.io import sha256_file, write_npz
 from keras_kd.keras import keras, tf
 
 MODES = ("off", "memory", "disk")
@@ -105,14 +104,6 @@ def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[obj
 
 
 # ---- the key -------------------------------------------------------------------------------------------
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(teacher_weights: str, data_dir: str, in_cfg: pipeline.InputConfig, split: str = "train") -> dict:
     """Everything the cached outputs depend on. ``key_hash`` of it names the file."""
     code = inspect.getsource(pipeline._decode) + inspect.getsource(pipeline._crop_flip)
@@ -199,23 +190,6 @@ def compute(teacher: keras.Model, data_dir: str, in_cfg: pipeline.InputConfig, k
                                     "teacher cache matches records by it (reconvert, or --teacher_cache=off)")
         seen.add(s)
     return TeacherCache(np.array(sources, dtype=object), {k: np.concatenate(v) for k, v in outs.items()}, key)
-
-
-def write_npz(path: str, **arrays) -> None:
-    """Writes arrays as .npz atomically: temp file in the same dir, rename (removed if writing fails)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(cache: TeacherCache, path: str) -> None:

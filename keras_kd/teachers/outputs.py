@@ -27,7 +27,8 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from keras_kd.data.example import META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta, shard_paths
-from keras_kd.distill.teacher_cache import TeacherCache, sha256_file, write_npz
+from keras_kd.distill.teacher_cache import TeacherCache
+from keras_kd.io import sha256_file, write_npz
 from keras_kd.keras import tf
 
 FORMAT = "keras-kd/teacher-outputs"
