@@ -166,7 +166,8 @@ def test_seeds_average_the_val_metrics_too():
 def test_a_trained_stage_validates_every_epoch_and_records_val_metrics(data_dir, tmp_path):
     """One /8 student, 2 epochs: fit's val curves (loss and the headline), TensorBoard's validation logs,
     val metrics in the record and results.json beside the test ones, the val images out of training."""
-    cfg = Config(data=data_dir, model_dir=str(tmp_path), image_size=32, students=(8,), cls_inits=("label",),
+    cfg = Config(data=data_dir, model_dir=str(tmp_path), image_size=32, students=(8,),
+                 resnet_blocks=(1, 1, 1, 1), cls_inits=("label",),
                  batch_size=8, student_epochs=2, verbose=0, val_fraction=0.25, optimizer="adamw",
                  lr_schedule="cosine", lr_scratch=3e-3)
     logs = []
@@ -193,7 +194,8 @@ def test_a_trained_stage_validates_every_epoch_and_records_val_metrics(data_dir,
 
 def test_pk_batches_need_p_identities_left_for_training(identity_dir, tmp_path):
     """On data split by identity the val split holds out whole people: P×K batches need P of those left."""
-    cfg = Config(data=identity_dir, model_dir=str(tmp_path), image_size=32, students=(8,), verbose=0,
+    cfg = Config(data=identity_dir, model_dir=str(tmp_path), image_size=32, students=(8,),
+                 resnet_blocks=(1, 1, 1, 1), verbose=0,
                  val_fraction=0.25, verify_softmax=(False,), images_per_id=2, ids_per_batch=2)
     counts = pipeline.split_counts(identity_dir, TASKS["verify"].batch_config(cfg, True))
     p = counts["train_ids"] + 1
@@ -208,7 +210,8 @@ def test_a_val_fraction_that_leaves_no_train_record_stops_naming_the_data(tmp_pa
     d = tmp_path / "tiny"
     synthetic.write_synthetic(str(d), 2, 3, 40, seed=0, log=lambda *_: None)
     monkeypatch.setattr(pipeline, "is_val", lambda rec, rule: tf.constant(True))
-    cfg = Config(data=str(d), model_dir=str(tmp_path / "runs"), image_size=32, students=(8,), cls_inits=("label",),
+    cfg = Config(data=str(d), model_dir=str(tmp_path / "runs"), image_size=32, students=(8,),
+                 resnet_blocks=(1, 1, 1, 1), cls_inits=("label",),
                  batch_size=2, verbose=0, val_fraction=0.5)
     runner = Runner(cfg, tf.distribute.get_strategy(), log=lambda _: None)
     with pytest.raises(DataError, match=rf"^{d}: --val_fraction=0.5 leaves no train record \(all \d+ are held out"):
@@ -230,6 +233,7 @@ from keras_kd.stages import Runner
 from keras_kd.tasks import TASKS
 synthetic.write_synthetic({str(tmp_path / 'd')!r}, 6, 20, 40, seed=0, log=lambda *_: None)
 cfg = Config(data={str(tmp_path / 'd')!r}, model_dir={str(tmp_path / 'runs')!r}, image_size=32, students=(8,),
+             resnet_blocks=(1, 1, 1, 1),
              cls_inits=("label",), batch_size=8, verbose=0, val_fraction=0.25)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 runner = Runner(cfg, strategy, log=lambda _: None)
