@@ -1,7 +1,8 @@
 """tensorflow-model-optimization on a student, with distillation still on: QAT and magnitude pruning.
 
 Both fine-tune the student with keras_kd.distill.distiller.Distiller against the task's frozen teacher:
-task loss + α·soft targets (α = Config.alpha, τ = Config.temperature). Only the soft target is kept: the
+task loss + α·soft targets (α = Config.alpha, τ = Config.temperature), through training.fit_stage as the
+stages train (the run's optimizer, schedule and weight decay, NaN guard), peaking at Config.lr_init. Only the soft target is kept: the
 hidden target's dense adapter was a training device and was not saved, and a fresh one would first pull
 the student towards a random projection.
 
@@ -33,14 +34,13 @@ import gzip
 import os
 import shutil
 import tempfile
-import time
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from export import saved_model
 from export.saved_model import ExportError
-from keras_kd import conv_grad
+from keras_kd import training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill.distiller import Distiller
@@ -203,23 +203,21 @@ def gzip_size(path: str) -> int:
 def distill_fine_tune(student: keras.Model, teacher: keras.Model, stage: Stage, data_dir: str, cfg: Config,
                       epochs: int, callbacks: Sequence = ()) -> dict:
     """Trains ``student`` for ``epochs`` with the stage's task loss + soft targets from ``teacher``
-    (frozen), at the initialized learning rate (Config.lr_init), on one device (export is a single-process
-    step, whatever strategy the run trained with); returns {"steps", "train_seconds", "loss"}."""
-    conv_grad.install()
+    (frozen), with the run's optimizer, schedule and weight decay peaking at the initialized learning rate
+    (Config.lr_init: the student is trained already), on one device (export is a single-process step,
+    whatever strategy the run trained with); returns {"steps", "train_seconds", "loss"}."""
     task = TASKS[stage.task]
     train_cfg = task.batch_config(cfg, training=True)
     meta_steps = _train_steps(data_dir, train_cfg.batch_size)
     distiller = Distiller(student, teacher, task.task_loss(stage, cfg), (("soft", cfg.alpha),),
                           cfg.temperature, cfg.tau2)
-    distiller.compile(keras.optimizers.SGD(cfg.lr_init, momentum=cfg.momentum, nesterov=True))
     ds = pipeline.make_dataset(data_dir, "train", train_cfg, training=True)
-    t0 = time.time()
-    hist = distiller.fit(ds, epochs=epochs, steps_per_epoch=meta_steps, callbacks=list(callbacks),
-                         verbose=cfg.verbose).history
-    loss = [round(float(v), 5) for v in hist["loss"]]  # per epoch
-    if not np.isfinite(loss[-1]):
+    # One step an execution: pruning's UpdatePruningStep counts the steps from batch callbacks.
+    fitted = training.fit_stage(distiller, cfg, cfg.lr_init, ds, epochs, meta_steps, callbacks=callbacks)
+    if fitted.nan is not None:
         raise OptimizeError(f"{stage.name}: loss became NaN/Inf during fine-tuning")
-    return {"steps": epochs * meta_steps, "train_seconds": round(time.time() - t0, 1), "loss": loss}
+    loss = [round(float(v), 5) for v in fitted.history["loss"]]  # per epoch
+    return {"steps": epochs * meta_steps, "train_seconds": round(fitted.seconds, 1), "loss": loss}
 
 
 def _train_steps(data_dir: str, batch_size: int) -> int:

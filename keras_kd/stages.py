@@ -29,12 +29,11 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import conv_grad, distribute, io, results, seeds, training
+from keras_kd import distribute, io, results, seeds, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
@@ -56,87 +55,6 @@ _BACKUP_KEYS = ("image_size", "seed", "optimizer", "lr_schedule", "warmup_epochs
 
 class StageError(RuntimeError):
     """A stage cannot be run or reused; the message says which and why."""
-
-
-class _NanGuard(keras.callbacks.Callback):
-    """Stops at the first step whose loss is NaN/Inf and remembers where (TerminateOnNaN, but it says)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad = None
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
-            self.bad = (self._epoch, int(batch), float(loss))
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Weights can blow up without a NaN training loss and show it first on the validation split; the
-        # backup of this epoch end (a callback after this one) must not keep them either.
-        loss = (logs or {}).get("val_loss")
-        if loss is not None and not np.isfinite(float(loss)) and self.bad is None:
-            self.bad = (epoch, int((self.params or {}).get("steps") or 1) - 1, float(loss))
-            self.model.stop_training = True
-
-
-class _EpochLog(keras.callbacks.Callback):
-    """Per-epoch logs kept beside the backup, so a resumed stage reports its whole training history."""
-
-    def __init__(self, path: str, write: bool):
-        super().__init__()
-        self.path, self.write = path, write
-        self.epochs: Dict[int, dict] = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                self.epochs = {int(k): v for k, v in json.load(f).items()}
-
-    def resume_at(self, epoch: int) -> None:
-        """Forget epochs the backup does not hold (written after the last backup, before the kill)."""
-        self.epochs = {e: v for e, v in self.epochs.items() if e < epoch}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
-        if self.write:
-            io.write_json(self.path, self.epochs)
-
-    def history(self) -> Dict[str, List[float]]:
-        keys = sorted({k for v in self.epochs.values() for k in v})
-        return {k: [self.epochs[e].get(k, float("nan")) for e in sorted(self.epochs)] for k in keys}
-
-
-class _Backup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that says where a stage resumes and never backs up a state with a NaN loss."""
-
-    def __init__(self, backup_dir: str, save_freq, guard: _NanGuard, history: _EpochLog, steps: int,
-                 announce: Callable[[int, int], None]):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
-        # Its checkpointing needs only `extended.should_checkpoint`, which OneDeviceStrategy has too.
-        self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
-        self.guard, self.history, self.steps, self.announce = guard, history, steps, announce
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        state = self._training_state
-        epoch, batch = int(state._ckpt_saved_epoch.numpy()), int(state._ckpt_saved_batch.numpy())
-        if epoch < 0:
-            self.history.resume_at(0)
-            return
-        # What fit will do (worker_training_state.maybe_load_initial_counters_from_ckpt).
-        if self.save_freq == "epoch" or batch < 0 or batch == self.steps - 1:
-            start, step = epoch + 1, 0
-        else:
-            start, step = epoch, batch + 1
-        self.history.resume_at(start)
-        self.announce(start, step)
-
-    def _backup(self, epoch, batch=0):
-        if self.guard.bad is None:
-            super()._backup(epoch, batch)
 
 
 def _arch_fields(stage: Stage, cfg: Config) -> dict:
@@ -396,7 +314,6 @@ class Runner:
     def _train(self, stage: Stage) -> dict:
         cfg, task = self.cfg, TASKS[stage.task]
         label = f"{stage.task}/{stage.name}"
-        conv_grad.install()  # before fit traces the train step
         keras.utils.set_random_seed(cfg.seed)  # per stage: a stage's result does not depend on run order
         meta = self.meta(stage.task)
         data_dir = self.data_dir(stage.task)
@@ -421,41 +338,33 @@ class Runner:
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
                                   stage.targets, config=cfg,
                                   eval_metrics=task.eval_metrics(stage) if stage.evaluate and n_val else None)
-            distiller.compile(training.optimizer(cfg, stage.lr, steps, stage.epochs),
-                              steps_per_execution=cfg.steps_per_execution)
         ds = self.strategy.distribute_datasets_from_function(
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
                                               teacher_outputs=cache, log=self.log))
-        val_ds, val_steps = self._val_dataset(data_dir, task.batch_config(cfg, training=False), cache,
-                                              n_val) if n_val else (None, None)
+        validation = self._val_dataset(data_dir, task.batch_config(cfg, training=False), cache,
+                                       n_val) if n_val else None
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], "teacher_source": self._teacher_identity(stage),
             "signature": self._trained_signature(stage),
             **{k: getattr(cfg, k) for k in _BACKUP_KEYS}})
-        guard = _NanGuard()
-        epoch_log = _EpochLog(os.path.join(self.backup_dir(stage, self.root), "history.json"), write=True)
-        resumed = []
 
         def announce(epoch: int, step: int) -> None:
-            resumed.append((epoch, step))
             at = f"epoch {epoch + 1}/{stage.epochs}" + (f", step {step + 1}/{steps}" if step else "")
             self.log(f"[stage] {label}: resuming at {at} from the backup in {backup}")
 
-        callbacks = [guard, epoch_log,
-                     _Backup(backup, cfg.backup_steps or "epoch", guard, epoch_log, steps, announce),
-                     keras.callbacks.TensorBoard(os.path.join(self.root, stage.task, "logs", stage.name),
-                                                 update_freq="epoch", profile_batch=0)]
-        t0 = time.time()
         with pipeline.naming_bad_records(data_dir, num_classes):
-            history = distiller.fit(ds, epochs=stage.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                                    validation_data=val_ds, validation_steps=val_steps, verbose=cfg.verbose)
-        seconds = time.time() - t0
-        if guard.bad is not None:
-            epoch, step, loss = guard.bad
+            fitted = training.fit_stage(
+                distiller, cfg, stage.lr, ds, stage.epochs, steps, validation=validation, backup_dir=backup,
+                history_path=os.path.join(self.backup_dir(stage, self.root), "history.json"), on_resume=announce,
+                callbacks=[keras.callbacks.TensorBoard(os.path.join(self.root, stage.task, "logs", stage.name),
+                                                       update_freq="epoch", profile_batch=0)],
+                strategy=self.strategy, steps_per_execution=cfg.steps_per_execution)
+        seconds, hist = fitted.seconds, fitted.history
+        if fitted.nan is not None:
+            epoch, step, loss = fitted.nan
             raise StageError(f"stage {label}: loss became {loss} at epoch {epoch + 1}, step {step + 1}/{steps}; "
                              "weights not saved (lower its learning rate: --lr_scratch / --lr_init)")
-        hist = epoch_log.history() or {k: [float(v) for v in vs] for k, vs in history.history.items()}
         with pipeline.naming_bad_records(data_dir, num_classes):
             metrics, artifacts = task.evaluate(student, data_dir, cfg) if stage.evaluate else ({}, {})
             # What models are chosen by: the test split above is only reported.
@@ -474,8 +383,8 @@ class Runner:
         if val_metrics:
             record["val_metrics"] = {k: float(v) for k, v in val_metrics.items()}
             record["val_images"] = n_val
-        if resumed:
-            record["resumed_at_epoch"] = resumed[0][0] + 1
+        if fitted.resumed:
+            record["resumed_at_epoch"] = fitted.resumed[0] + 1
         if cache is not None or stage.name.endswith(teacher_cache.SUFFIX):  # trained on, or from, cached targets
             record["teacher_cache"] = cfg.teacher_cache
         if self._teacher_identity(stage):

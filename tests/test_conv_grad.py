@@ -60,13 +60,11 @@ def test_importing_keras_kd_leaves_tensorflows_gradient():
     assert _tf_gradient_after("import keras_kd.keras, keras_kd.stages, main", KERAS_KD_CONV_GRAD="fast") == "True"
 
 
-def test_installed_where_training_starts_and_a_resnet_gradient_is_unchanged(tmp_path, monkeypatch):
-    """The Runner's training and export's fine-tuning install it before anything is traced; with it, a
-    ResNet's gradients are TensorFlow's."""
-    from export import optimize
+def test_installed_where_training_starts_and_a_resnet_gradient_is_unchanged(monkeypatch):
+    """training.fit_stage (the Runner's stages, export's QAT and pruning) installs it before fit traces
+    anything; with it, a ResNet's gradients are TensorFlow's."""
+    from keras_kd import training
     from keras_kd.config import Config
-    from keras_kd.stages import Runner
-    from keras_kd.tasks import Stage
 
     class Installed(Exception):
         pass
@@ -74,11 +72,8 @@ def test_installed_where_training_starts_and_a_resnet_gradient_is_unchanged(tmp_
     def spy(mode=None):
         raise Installed
     monkeypatch.setattr(conv_grad, "install", spy)
-    runner = Runner(Config(model_dir=str(tmp_path)), tf.distribute.get_strategy(), log=lambda _: None)
     with pytest.raises(Installed):
-        runner._train(Stage("classify", "teacher", 1, "scratch", 1, 0.1))
-    with pytest.raises(Installed):
-        optimize.distill_fine_tune(None, None, None, "", None, 1)
+        training.fit_stage(None, Config(), 0.1, None, 1, 1)
     monkeypatch.undo()
 
     from tensorflow.python.framework import ops

@@ -1,4 +1,6 @@
-"""The optimizer and schedule of a stage (keras_kd/training.py) and the strategy a CPU run gets."""
+"""The optimizer, schedule and training loop of a stage (keras_kd/training.py) and the strategy a CPU run gets."""
+import json
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,47 @@ def test_transfer_stages_take_lr_transfer_and_fall_back_to_lr_init(task):
     assert scratch and rates == {n: 0.5 if n in scratch else 0.3 for n in rates}
     fallback = {s.name: s.lr for s in TASKS[task].plan(cfg.replace(lr_transfer=0.0))}
     assert fallback[next(n for n in fallback if n.startswith("teacher"))] == 0.2
+
+
+def _tiny_distiller():
+    """A 4-class softmax on 3 features, trained on its task loss alone: fit_stage without a ResNet."""
+    from keras_kd.distill.distiller import Distiller
+    inputs = keras.Input((3,))
+    student = keras.Model(inputs, {"logits": keras.layers.Dense(4, name="fc")(inputs)})
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+    return Distiller(student, task_loss=lambda y, s: ce(y["label"], s["logits"]))
+
+
+def _data(x):
+    y = np.arange(len(x), dtype="int32") % 4
+    return tf.data.Dataset.from_tensor_slices((x, {"label": y})).batch(4).repeat()
+
+
+CFG = Config(optimizer="adamw", lr_schedule="cosine", warmup_epochs=0, weight_decay=1e-3, verbose=0)
+
+
+def test_fit_stage_trains_with_the_configured_optimizer_and_resumes_from_its_backup(tmp_path):
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    batches = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda b, logs: batches.append(b))
+    d = _tiny_distiller()
+    fitted = training.fit_stage(d, CFG, 0.1, _data(x), 2, 3, backup_dir=str(tmp_path), callbacks=[counter])
+    assert isinstance(d.optimizer, keras.optimizers.AdamW) and d.optimizer.weight_decay == CFG.weight_decay
+    assert int(d.optimizer.iterations) == 6 and batches == [0, 1, 2] * 2  # extra callbacks see every step
+    assert len(fitted.history["loss"]) == 2 and all(np.isfinite(fitted.history["loss"]))
+    assert fitted.resumed is None and fitted.nan is None and fitted.seconds > 0
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 2
+
+    told = []
+    again = training.fit_stage(_tiny_distiller(), CFG, 0.1, _data(x), 3, 3, backup_dir=str(tmp_path),
+                               on_resume=lambda epoch, step: told.append((epoch, step)))
+    assert again.resumed == (2, 0) and told == [(2, 0)]  # the two backed-up epochs are not trained again
+    assert again.history["loss"][:2] == fitted.history["loss"] and len(again.history["loss"]) == 3
+
+
+def test_fit_stage_stops_at_the_first_nan_and_backs_nothing_up(tmp_path):
+    x = np.full((12, 3), np.nan, "float32")
+    fitted = training.fit_stage(_tiny_distiller(), CFG, 0.1, _data(x), 2, 3, backup_dir=str(tmp_path))
+    assert fitted.nan is not None and fitted.nan[:2] == (0, 0) and not np.isfinite(fitted.nan[2])
+    assert len(fitted.history["loss"]) == 1  # stopped in the first epoch
+    assert not list(tmp_path.rglob("checkpoint"))
