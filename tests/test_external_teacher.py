@@ -177,7 +177,7 @@ def test_two_workers_distil_from_the_model_file_into_identical_students(tmp_path
 
     a = weights(tmp_path / "classify" / "stages" / "student_d8_label_soft.weights.h5")
     b = weights(tmp_path / ".workers" / "worker-1" / "classify" / "stages" / "student_d8_label_soft.weights.h5")
-    assert a.keys() == b.keys() and len(a) > 100
+    assert a.keys() == b.keys() and len(a) > 50
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
 
