@@ -55,6 +55,13 @@ def crop_offset(image_size: int) -> int:
     return (resize_size(image_size) - image_size) // 2
 
 
+def input_scale(hw, resize: int):
+    """(x, y) factors [N, 1, 2] from resized-image pixels to input pixels for images of height, width ``hw``:
+    the ``to_input`` of a task's ``serving_outputs``."""
+    hw = tf.cast(hw, tf.float32)
+    return tf.reshape(tf.stack([hw[..., 1], hw[..., 0]], axis=-1), [-1, 1, 2]) / float(resize)
+
+
 class ServingModule(tf.Module):
     """The student network between the pre-processing and the named, post-processed outputs.
 
@@ -98,9 +105,7 @@ class ServingModule(tf.Module):
         return TASKS[self.task].serving_outputs(raw, self.size, self.offset, to_input)
 
     def _scale(self, hw):
-        """(x, y) factors from resized-image pixels to input pixels for images of height, width ``hw``."""
-        hw = tf.cast(hw, tf.float32)
-        return tf.reshape(tf.stack([hw[..., 1], hw[..., 0]], axis=-1), [-1, 1, 2]) / float(self.resize)
+        return input_scale(hw, self.resize)
 
     # ---- signatures ------------------------------------------------------------------------------
     def _float(self, image):
