@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_kd import io
 from keras_kd.keras import tf
+from keras_kd.tasks import TASKS
 
 from export.saved_model import ExportError, ServingModule
 
@@ -63,7 +64,6 @@ def serving_function(model_dir: str, task: str, model: str, runner_factory: Call
     runner = runner_factory()
     if not model:
         from keras_kd.results import Results
-        from keras_kd.tasks import TASKS
         res = Results.load(os.path.join(model_dir, task, "results.json"))
         best = TASKS[task].best_students(res.models)
         if not best:
@@ -77,19 +77,11 @@ def serving_function(model_dir: str, task: str, model: str, runner_factory: Call
 
 
 def _row(task: str, out: Dict[str, np.ndarray], i: int) -> Dict[str, object]:
-    if task == "align":
-        return {"landmarks": np.round(out["landmarks"][i], 2).tolist()}
-    if task == "classify":
-        return {"class_id": int(out["class_id"][i]), "probability": float(out["probabilities"][i].max())}
-    return {"embedding": np.round(out["embedding"][i], 6).tolist()}
+    return TASKS[task].prediction_row(out, i)
 
 
 def _csv_fields(task: str, rec: dict) -> Dict[str, object]:
-    if task == "align":
-        return {f"{a}{j + 1}": v for j, p in enumerate(rec["landmarks"]) for a, v in zip("xy", p)}
-    if task == "classify":
-        return {"class_id": rec["class_id"], "probability": rec["probability"]}
-    return {f"e{j}": v for j, v in enumerate(rec["embedding"])}
+    return TASKS[task].csv_fields(rec)
 
 
 def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, runner_factory: Callable,
@@ -110,7 +102,7 @@ def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, ru
             rec = {"image": os.path.basename(p), "height": int(img.shape[0]), "width": int(img.shape[1]),
                    **_row(task, out, 0)}
             records.append(rec)
-            if task == "align":
+            if TASKS[task].draws_landmarks:
                 stem = os.path.splitext(os.path.basename(p))[0]
                 results_lib.draw_landmarks(img, {"predicted": np.asarray(rec["landmarks"])},
                                            os.path.join(out_dir, f"{stem}.png"))

@@ -250,7 +250,8 @@ def load_stage(runner: Runner, task: str, name: str):
     try:
         model.load_weights(weights)
     except Exception as e:  # h5py raises OSError, KeyError or ValueError on damaged files
-        hint = " (trained with --embedding_dim? pass the same)" if task == "verify" else ""
+        flags = ", ".join("--" + f for f in TASKS[task].shape_flags)
+        hint = f" (trained with {flags}? pass the same)" if flags else ""
         raise ExportError(f"{weights}: cannot load weights ({type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0][:200]}){hint}") from None
     return model, stage, record
@@ -259,9 +260,7 @@ def load_stage(runner: Runner, task: str, name: str):
 def teacher_of(stage: Stage) -> tuple:
     """The frozen teacher QAT and pruning distill from: the task's teacher (its softmax variant for
     verification's softmax students), whatever the stage itself was trained with."""
-    if stage.task == "classify":
-        return "classify", "teacher"
-    return stage.task, "teacher" + ("_softmax" if stage.softmax else "")
+    return TASKS[stage.task].teacher_stage(stage)
 
 
 def verification_samples(data_dir: str, cfg: Config, task: str, n: int = VERIFY_SAMPLES) -> List[dict]:
@@ -319,7 +318,7 @@ def _build(runner: Runner, task: str, name: str, model: keras.Model, stage: Stag
     size = cfg.image_size
     metric = tflite.HEADLINE[task]
     record = {"name": name, "task": task, "version": options["version"], "image_size": size,
-              "resize_size": saved_model.resize_size(size), "outputs": list(saved_model.TASK_OUTPUTS[task])}
+              "resize_size": saved_model.resize_size(size), "outputs": list(TASKS[task].serving_output_names)}
     sm_path = os.path.join(staging, "saved_model", str(options["version"]))
     log(f"[export] {task}/{name}: SavedModel, verified against Keras → "
         f"{saved_model_dir(cfg.model_dir, task, name, options['version'])}")

@@ -4,7 +4,7 @@ Layout (TF Serving's versioned layout; Serving loads the highest integer version
 
     <model_dir>/<task>/export/<name>/saved_model/<version>/saved_model.pb, variables/
 
-Signatures (every one returns the same named outputs, see ``TASK_OUTPUTS``):
+Signatures (every one returns the same named outputs, the task's ``serving_output_names``):
 
     serving_default  image        float32 [N, H, W, 3], RGB pixel values 0..255 (not 0..1), any H, W
     serving_uint8    image        uint8   [N, H, W, 3], RGB, any H, W (a decoded image as is)
@@ -17,9 +17,10 @@ R = round(S / 0.875) (antialiased, aspect not kept), round to integers as the pi
 centre S×S crop, divide by 255. The networks normalize their input themselves (ResNet: batch normalization;
 MobileFaceNet, MobileNetV3: × 2 − 1), so there is no mean subtraction.
 
-Outputs: classify → ``probabilities`` [N, C] (softmax), ``class_id`` [N] int32; align → ``landmarks`` [N, 5, 2]
-(x, y) in the pixel coordinates of the image that was passed in (crop and resize undone; for serving_crop,
-the crop's pixels); verify → ``embedding`` [N, D], unit length.
+Outputs are the task's (keras_kd/tasks: ``serving_output_names``, made by ``serving_outputs``): classify →
+``probabilities`` [N, C] (softmax), ``class_id`` [N] int32; align → ``landmarks`` [N, 5, 2] (x, y) in the
+pixel coordinates of the image that was passed in (crop and resize undone; for serving_crop, the crop's
+pixels); verify → ``embedding`` [N, D], unit length.
 
 Only TensorFlow ops are in the graph: the SavedModel loads with ``tf.saved_model.load`` (as TF Serving
 does) without keras_kd or Keras installed.
@@ -34,9 +35,8 @@ import numpy as np
 
 from keras_kd.data import pipeline
 from keras_kd.keras import keras, tf
+from keras_kd.tasks import TASKS
 
-TASK_OUTPUTS: Dict[str, tuple] = {"classify": ("probabilities", "class_id"), "align": ("landmarks",),
-                                  "verify": ("embedding",)}
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crop")
 TOLERANCE = 1e-4  # max |SavedModel − Keras| accepted at export, in the model's own output units
 
@@ -55,6 +55,13 @@ def crop_offset(image_size: int) -> int:
     return (resize_size(image_size) - image_size) // 2
 
 
+def input_scale(hw, resize: int):
+    """(x, y) factors [N, 1, 2] from resized-image pixels to input pixels for images of height, width ``hw``:
+    the ``to_input`` of a task's ``serving_outputs``."""
+    hw = tf.cast(hw, tf.float32)
+    return tf.reshape(tf.stack([hw[..., 1], hw[..., 0]], axis=-1), [-1, 1, 2]) / float(resize)
+
+
 class ServingModule(tf.Module):
     """The student network between the pre-processing and the named, post-processed outputs.
 
@@ -65,8 +72,8 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: keras.Model, task: str, image_size: int):
         super().__init__(name="serving")
-        if task not in TASK_OUTPUTS:
-            raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_OUTPUTS)}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
         self.model_variables = list(model.variables)
         object.__setattr__(self, "_keras_model", model)  # not tracked, see the class docstring
         self.task, self.size = task, int(image_size)
@@ -94,21 +101,11 @@ class ServingModule(tf.Module):
 
     def _outputs(self, crops, to_input):
         """Runs the network; ``to_input`` [N or 1, 1, 2] scales resized-image pixels to input pixels."""
-        out = self._keras_model(crops, training=False)
-        if self.task == "classify":
-            return {"probabilities": tf.nn.softmax(out["logits"], axis=-1),
-                    "class_id": tf.argmax(out["logits"], axis=-1, output_type=tf.int32)}
-        if self.task == "align":
-            crop_px = out["landmarks"] * float(self.size)
-            if to_input is None:
-                return {"landmarks": crop_px}
-            return {"landmarks": (crop_px + float(self.offset)) * to_input}
-        return {"embedding": out["embedding"]}
+        raw = self._keras_model(crops, training=False)
+        return TASKS[self.task].serving_outputs(raw, self.size, self.offset, to_input)
 
     def _scale(self, hw):
-        """(x, y) factors from resized-image pixels to input pixels for images of height, width ``hw``."""
-        hw = tf.cast(hw, tf.float32)
-        return tf.reshape(tf.stack([hw[..., 1], hw[..., 0]], axis=-1), [-1, 1, 2]) / float(self.resize)
+        return input_scale(hw, self.resize)
 
     # ---- signatures ------------------------------------------------------------------------------
     def _float(self, image):
@@ -143,35 +140,18 @@ def save(model: keras.Model, task: str, image_size: int, path: str,
 
 def expected_outputs(task: str, keras_out: Mapping[str, np.ndarray], image_size: int,
                      input_hw: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-    """What each signature should return, computed in numpy from the Keras model's raw outputs.
-
-    Written independently of the graph's post-processing on purpose: it is the check of that graph.
+    """What each signature should return, computed in numpy from the Keras model's raw outputs by the
+    task's ``expected_serving_outputs`` (independent of the graph's post-processing: the check of it).
     ``input_hw`` [N, 2] (height, width) of the input images maps landmarks to input pixels; None gives the
     crop's pixels (serving_crop and the .tflite files).
     """
-    if task == "classify":
-        z = keras_out["logits"].astype(np.float64)
-        p = np.exp(z - z.max(axis=-1, keepdims=True))
-        return {"probabilities": (p / p.sum(axis=-1, keepdims=True)).astype(np.float32),
-                "class_id": np.argmax(z, axis=-1).astype(np.int32)}
-    if task == "align":
-        px = keras_out["landmarks"] * image_size
-        if input_hw is not None:
-            scale = np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / resize_size(image_size)
-            px = (px + crop_offset(image_size)) * scale
-        return {"landmarks": px.astype(np.float32)}
-    return {"embedding": keras_out["embedding"]}
+    return TASKS[task].expected_serving_outputs(dict(keras_out), image_size, input_hw)
 
 
 def output_units(task: str, image_size: int, input_hw: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Divisors that bring each output back to the model's own units (landmarks: crop fractions), so
     one tolerance fits every signature."""
-    if task != "align":
-        return {}
-    if input_hw is None:
-        return {"landmarks": np.float32(image_size)}
-    scale = np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / resize_size(image_size)
-    return {"landmarks": (image_size * scale).astype(np.float32)}
+    return TASKS[task].serving_units(image_size, input_hw)
 
 
 def max_diffs(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
@@ -217,7 +197,7 @@ def verify(path: str, model: keras.Model, task: str, image_size: int, samples: S
                                                                                 dtype=object)), hw)
     rest = rest_predict(loaded.signatures["serving_bytes"],
                         {"instances": [{"b64": base64.b64encode(s["encoded"]).decode()} for s in samples]})
-    check("rest_json", _rows_to_columns(rest["predictions"], TASK_OUTPUTS[task]), hw)
+    check("rest_json", _rows_to_columns(rest["predictions"], TASKS[task].serving_output_names), hw)
     # serving_default / serving_uint8 take one tensor per batch: group the samples by decoded size.
     decoded = [tf.io.decode_image(s["encoded"], channels=3, expand_animations=False).numpy() for s in samples]
     for sig, dtype in (("serving_default", np.float32), ("serving_uint8", np.uint8)):
@@ -236,11 +216,8 @@ def verify(path: str, model: keras.Model, task: str, image_size: int, samples: S
 
 def _check_tolerance(path: str, task: str, diffs: Dict[str, float], raw: dict, tolerance: float) -> None:
     bad = {k: v for k, v in diffs.items() if not k.endswith("_mismatches") and not v <= tolerance}
-    if task == "classify":
-        # A class id may flip only where the two best logits tie within the tolerance.
-        top2 = np.sort(raw["logits"], axis=-1)[:, -2:]
-        near_ties = int(np.sum(top2[:, 1] - top2[:, 0] <= tolerance))
-        bad.update({k: v for k, v in diffs.items() if k.endswith("_mismatches") and v > near_ties})
+    allowed = TASKS[task].allowed_mismatches(raw, tolerance)  # integer outputs (class ids) flip on near-ties
+    bad.update({k: v for k, v in diffs.items() if k.endswith("_mismatches") and v > allowed})
     if bad:
         raise ExportError(f"{path}: differs from the Keras model by more than {tolerance:g}: "
                           + ", ".join(f"{k}={v:.3g}" for k, v in sorted(bad.items())))

@@ -144,10 +144,7 @@ def latency_ms(path: str, runs: int = LATENCY_RUNS, warmup: int = LATENCY_WARMUP
 
 def to_model_units(task: str, outputs: Mapping[str, np.ndarray], image_size: int) -> Dict[str, np.ndarray]:
     """Signature outputs (crop pixels for landmarks) → the Keras model's units (crop fractions)."""
-    out = dict(outputs)
-    if task == "align":
-        out["landmarks"] = out["landmarks"] / float(image_size)
-    return out
+    return TASKS[task].to_model_units(dict(outputs), image_size)
 
 
 def task_metric(task: str, outputs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray]) -> Dict[str, float]:
@@ -158,13 +155,9 @@ def task_metric(task: str, outputs: Mapping[str, np.ndarray], targets: Mapping[s
 
 def keras_outputs(model: keras.Model, task: str, ds: tf.data.Dataset) -> tuple:
     """(outputs named as the signatures', in model units; targets) of a Keras model over ``ds``."""
-    keys = {"classify": ["logits"], "align": ["landmarks"], "verify": ["embedding"]}[task]
-    out, targets = predict(model, ds, keys)
-    if task == "classify":
-        z = out.pop("logits").astype(np.float64)
-        p = np.exp(z - z.max(axis=-1, keepdims=True))
-        out["probabilities"] = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
-    return out, targets
+    t = TASKS[task]
+    out, targets = predict(model, ds, list(t.model_output_keys))
+    return t.model_unit_outputs(out), targets
 
 
 def evaluate(paths: Mapping[str, str], model: keras.Model, task: str, data_dir: str, cfg: Config,

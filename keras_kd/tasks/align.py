@@ -30,6 +30,8 @@ class Align(TransferTask):
     table_metrics = ("nrmse", "failure_rate")
     cache_metrics = ("nrmse",)
     labels = {"nrmse": "NRMSE %", "failure_rate": "failure % (>10%)"}
+    model_output_keys = serving_output_names = ("landmarks",)
+    draws_landmarks = True
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
         return input_config(cfg, cfg.align_batch_size)
@@ -88,6 +90,33 @@ class Align(TransferTask):
              "auc10": metrics.auc_ced(per_image, 0.10)}
         m.update({f"nrmse_{n}": float(100 * per_point[:, i].mean()) for i, n in enumerate(LANDMARK_NAMES)})
         return m
+
+    def serving_outputs(self, raw, size, offset, to_input):
+        """Landmarks [N, 5, 2] (x, y) in the input image's pixels (crop and resize undone), or the crop's."""
+        crop_px = raw["landmarks"] * float(size)
+        if to_input is None:
+            return {"landmarks": crop_px}
+        return {"landmarks": (crop_px + float(offset)) * to_input}
+
+    def expected_serving_outputs(self, raw, image_size, input_hw=None):
+        px = raw["landmarks"] * image_size
+        if input_hw is not None:
+            resize, offset = _crop_geometry(image_size)
+            scale = np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / resize
+            px = (px + offset) * scale
+        return {"landmarks": px.astype(np.float32)}
+
+    def serving_units(self, image_size, input_hw=None):
+        if input_hw is None:
+            return {"landmarks": np.float32(image_size)}
+        scale = np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / _crop_geometry(image_size)[0]
+        return {"landmarks": (image_size * scale).astype(np.float32)}
+
+    def prediction_row(self, outputs, i):
+        return {"landmarks": np.round(outputs["landmarks"][i], 2).tolist()}
+
+    def csv_fields(self, row):
+        return {f"{a}{j + 1}": v for j, p in enumerate(row["landmarks"]) for a, v in zip("xy", p)}
 
     def tables(self, models):
         """Table 3 per student width (init × α:β, NRMSE), then every alignment metric per model."""
@@ -149,6 +178,12 @@ class Align(TransferTask):
         path = os.path.join(out_dir, "alignment_examples.png")
         results.plot_alignment_examples((images * 255).round().astype(np.uint8), points, path)
         return [path]
+
+
+def _crop_geometry(image_size: int) -> tuple:
+    """(R, offset): the side the evaluation pipeline resizes the whole image to, and its centre crop's corner."""
+    resize = pipeline.InputConfig(image_size=image_size, batch_size=1).resize_size
+    return resize, (resize - image_size) // 2
 
 
 def _with_landmarks(outputs: dict, targets: dict) -> tuple:

@@ -1,9 +1,10 @@
 """Task: what differs between classification, alignment and verification, and nothing else.
 
 A task says which heads its models carry, its task loss, how its batches are drawn, which stages make up
-its experiment (the paper's table for that task), how a trained model is evaluated, and how its
-metrics are reported (units, table columns, its tables). Training, saving, reuse and reporting are shared
-(stages.py, results.py).
+its experiment (the paper's table for that task), how a trained model is evaluated, how its
+metrics are reported (units, table columns, its tables), and what its exported files output (the serving
+outputs, their numpy check, --mode=predict's rows). Training, saving, reuse, reporting and export are shared
+(stages.py, results.py, export/).
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ class Task:
     labels: Dict[str, str] = {}            # a human name with its unit for each of `table_metrics`
     uses_cls_data = False                  # trains on the classification data (cfg.cls_data)
     uses_labels = True                     # identity labels enter its losses (checked against num_classes)
+    # What export/ ships: the network outputs it is made from and the named outputs of every signature.
+    model_output_keys: Tuple[str, ...] = ()
+    serving_output_names: Tuple[str, ...] = ()
+    draws_landmarks = False                # --mode=predict draws each image with its predicted landmarks
+    shape_flags: Tuple[str, ...] = ()      # flags that change the weights' shapes (named when loading fails)
 
     def batch_config(self, cfg: Config, training: bool) -> pipeline.InputConfig:
         return input_config(cfg, cfg.batch_size)
@@ -148,6 +154,55 @@ class Task:
     def chosen_by(self, models: list) -> str:
         """Which split chose `best_students`: 'val', or 'test' for records without val metrics."""
         return results.best_students(models, self.headline, self.lower_is_better)[1]
+
+    def teacher_stage(self, stage: Stage) -> StageRef:
+        """The task's teacher of a stage, whatever the stage itself was trained with: the frozen teacher
+        QAT and pruning distill from (export/)."""
+        return self.name, "teacher"
+
+    # ---- serving (export/) ----------------------------------------------------------------------
+    def serving_outputs(self, raw: Dict[str, tf.Tensor], size: int, offset: int,
+                        to_input: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """The signatures' outputs from the network's raw outputs, in TensorFlow ops only (the SavedModel
+        graph). ``size``: the crop side S; ``offset``: the crop's corner in the R×R resized image;
+        ``to_input`` [N or 1, 1, 2]: (x, y) factors from resized-image pixels to input pixels, None for
+        the crop's pixels (serving_crop)."""
+        raise NotImplementedError
+
+    def expected_serving_outputs(self, raw: Dict[str, np.ndarray], image_size: int,
+                                 input_hw: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """`serving_outputs` in numpy, written independently of the graph on purpose: it is the check of
+        that graph. ``input_hw`` [N, 2] (height, width) of the input images; None: the crop's pixels."""
+        raise NotImplementedError
+
+    def serving_units(self, image_size: int, input_hw: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Divisors that bring each serving output back to the model's own units, so one tolerance fits
+        every signature; outputs not named are in model units already."""
+        return {}
+
+    def to_model_units(self, outputs: Dict[str, np.ndarray], image_size: int) -> Dict[str, np.ndarray]:
+        """The crop signature's outputs (serving_crop, the .tflite files) in the model's own units."""
+        out = dict(outputs)
+        for k, unit in self.serving_units(image_size).items():
+            out[k] = out[k] / unit
+        return out
+
+    def model_unit_outputs(self, raw: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The network's raw outputs named as the signatures' and in model units: what an exported file's
+        outputs are compared with, after `to_model_units`."""
+        return {k: raw[k] for k in self.model_output_keys}
+
+    def allowed_mismatches(self, raw: Dict[str, np.ndarray], tolerance: float) -> int:
+        """How many rows of an integer serving output may differ from the numpy check (near-ties)."""
+        return 0
+
+    def prediction_row(self, outputs: Dict[str, np.ndarray], i: int) -> Dict[str, object]:
+        """Image ``i``'s entry in --mode=predict's predictions.json, from the serving outputs."""
+        raise NotImplementedError
+
+    def csv_fields(self, row: Dict[str, object]) -> Dict[str, object]:
+        """A `prediction_row` as flat predictions.csv columns."""
+        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,8 @@
 and one student per --methods spec, distilled from the label-only student as Ours is."""
 from __future__ import annotations
 
+import numpy as np
+
 from keras_kd import metrics, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
@@ -18,6 +20,8 @@ class Classify(Task):
     fraction_metrics = Task.fraction_metrics + ("top1", "top5", "pair_acc")
     table_metrics = cache_metrics = ("top1", "pair_acc")
     labels = {"top1": "top-1 %", "pair_acc": "pair acc %"}
+    model_output_keys = ("logits",)
+    serving_output_names = ("probabilities", "class_id")
 
     def task_loss(self, stage: Stage, cfg: Config):
         return lambda y, s: losses.label_ce(y["label"], s["logits"])
@@ -73,6 +77,28 @@ class Classify(Task):
         result.update({k: v for k, v in pair_metrics.items() if k == "pair_acc"})
         return result, {}
 
+    def serving_outputs(self, raw, size, offset, to_input):
+        return {"probabilities": tf.nn.softmax(raw["logits"], axis=-1),
+                "class_id": tf.argmax(raw["logits"], axis=-1, output_type=tf.int32)}
+
+    def expected_serving_outputs(self, raw, image_size, input_hw=None):
+        return {"probabilities": _softmax(raw["logits"]),
+                "class_id": np.argmax(raw["logits"].astype(np.float64), axis=-1).astype(np.int32)}
+
+    def model_unit_outputs(self, raw):
+        return {"probabilities": _softmax(raw["logits"])}
+
+    def allowed_mismatches(self, raw, tolerance):
+        """A class id may flip only where the two best logits tie within the tolerance."""
+        top2 = np.sort(raw["logits"], axis=-1)[:, -2:]
+        return int(np.sum(top2[:, 1] - top2[:, 0] <= tolerance))
+
+    def prediction_row(self, outputs, i):
+        return {"class_id": int(outputs["class_id"][i]), "probability": float(outputs["probabilities"][i].max())}
+
+    def csv_fields(self, row):
+        return {"class_id": row["class_id"], "probability": row["probability"]}
+
     def tables(self, models):
         """Table 2 (top-1, and pair accuracy when measured, per init and width) and Table 1 (targets
         from scratch) when a hidden- or logits-only student ran."""
@@ -96,6 +122,13 @@ class Classify(Task):
             out += ["", "## Table 1 shape (targets from scratch): top-1 %", ""]
             out += results.table(["target"] + [f"/{d}" for d in widths], rows)
         return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax in float64 (numpy): the probabilities the serving graph's are checked against."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def ours_targets(cfg: Config) -> tuple:

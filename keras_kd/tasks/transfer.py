@@ -20,6 +20,10 @@ class TransferTask(Task):
         """(name suffix, softmax) of each experiment variant: verification adds the joint softmax one."""
         return [("", False)]
 
+    def teacher_stage(self, stage: Stage) -> tuple:
+        """The variant's teacher: the softmax one for a joint-softmax student."""
+        return self.name, "teacher" + ("_softmax" if stage.softmax else "")
+
     def plan(self, cfg: Config) -> list:
         t = self.name
         stages = []

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from keras_kd import metrics, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
@@ -19,6 +21,8 @@ class Verify(TransferTask):
     fraction_metrics = Task.fraction_metrics + ("rank1", "pair_acc", "tar_at_far")
     table_metrics = cache_metrics = ("rank1", "pair_acc")
     labels = {"rank1": "rank-1 %", "pair_acc": "pair acc %"}
+    model_output_keys = serving_output_names = ("embedding",)
+    shape_flags = ("embedding_dim",)
 
     def variants(self, cfg: Config):
         return [("_softmax" if s else "", s) for s in cfg.verify_softmax]
@@ -62,6 +66,19 @@ class Verify(TransferTask):
     def metrics(self, outputs, targets):
         """Rank-1 of the embeddings (pair accuracy needs the data's pairs: `evaluate` adds it)."""
         return {"rank1": metrics.rank1(outputs["embedding"], targets["label"])}
+
+    def serving_outputs(self, raw, size, offset, to_input):
+        """The embedding [N, D], unit length as the network outputs it."""
+        return {"embedding": raw["embedding"]}
+
+    def expected_serving_outputs(self, raw, image_size, input_hw=None):
+        return {"embedding": raw["embedding"]}
+
+    def prediction_row(self, outputs, i):
+        return {"embedding": np.round(outputs["embedding"][i], 6).tolist()}
+
+    def csv_fields(self, row):
+        return {f"e{j}": v for j, v in enumerate(row["embedding"])}
 
     def tables(self, models):
         """Tables 4 (triplet loss only) and 5 (triplet + softmax): rank-1 per width, init and α:β; then
