@@ -115,7 +115,7 @@ def write(model_dir: str, task: str, per_seed: Dict[int, dict], stem: str = "see
         for m in agg["models"]) else "")
     head = (f"# {title or task}: mean ± std over {n} seed(s) {', '.join(map(str, sorted(per_seed)))}"
             + (f" ({teacher_note})" if teacher_note else "") + "\n\n"
-            f"Each cell is the mean ± sample std (ddof 1) over the seeds; per seed: "
+            "Each cell is the mean ± sample std (ddof 1) over the seeds; per seed: "
             + ", ".join(f"{os.path.join(model_dir, f'seed{s}', task)}/" for s in sorted(per_seed)) + "\n\n")
     text = head + text
     io.write_text(md_path, text)

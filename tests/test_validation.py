@@ -4,7 +4,6 @@ curves `fit` draws on it, the record's val metrics, and the best student chosen 
 import json
 import os
 
-import numpy as np
 import pytest
 
 from keras_kd import results

@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from keras_kd.data.example import Item, write_dataset
-from keras_kd.keras import tf
 
 HAIR = np.array([[.07, .05, .04], [.22, .13, .07], [.42, .27, .13], [.72, .58, .33], [.5, .2, .07], [.55, .55, .55]])
 IRIS = np.array([[.28, .16, .07], [.16, .32, .55], [.2, .42, .25], [.42, .36, .22]])
