@@ -2,8 +2,10 @@
 in LiteRT with their latency, QAT, pruning, through export.run as main.py and `python -m export` call it.
 
 One smoke-sized verification run (32 px, one epoch per stage) trains the teacher (the frozen teacher of
-QAT / pruning with KD) and one student of each of MobileFaceNet, MobileNetV3 Small and Large (from
-scratch, `_pretrain`). Verification, because its output, the unit-length embedding, cannot saturate: after
+QAT / pruning with KD) and one student of each of MobileFaceNet and MobileNetV3-Small (from scratch,
+`_pretrain`; MobileNetV3-Large is the same keras.applications builder with the same layer types: its
+SavedModel and fp32 file are checked on a freshly built network below, its training with every loss in
+tests/test_archs.py). Verification, because its output, the unit-length embedding, cannot saturate: after
 one epoch (5 steps) the classification logits of MobileFaceNet are in the thousands, and softmax
 probabilities of 0 and 1 would match whatever the export did. After 5 steps the moving batch-norm
 statistics are still close to their initial values, so embeddings of different faces can be nearly
@@ -11,8 +13,7 @@ parallel: here int8 and QAT files are checked for running and staying close, not
 numerical match of SavedModel and fp32 TFLite with Keras is checked again on freshly built networks whose
 batch-norm statistics are set from a batch (test_savedmodel_and_fp32_match_keras_when_outputs_differ).
 Each is exported once for the module with every format and QAT; pruning on MobileNetV3 Small only (the
-one whose TFOpLambda layers clone_model must carry; MobileFaceNet and Large prune the same Conv2D/Dense
-layers). ResNet-50/8's export, QAT and pruning are tests/test_export.py's.
+one whose TFOpLambda layers clone_model must carry; MobileFaceNet prunes the same Conv2D/Dense layers). ResNet-50/8's export, QAT and pruning are tests/test_export.py's.
 """
 import json
 from pathlib import Path
@@ -25,8 +26,8 @@ from conftest import PAPER_RECIPE
 TOL = 1e-4  # as tests/test_export.py: SavedModel and fp32 TFLite against Keras, in output units
 INT8_OUTPUT_TOL = 0.1  # as tests/test_export.py: int8 against float, per embedding component
 TASK = "verify"
-STUDENTS = {"mobilefacenet": "student_mbf_pretrain", "mobilenet_v3_small": "student_mv3s_pretrain",
-            "mobilenet_v3_large": "student_mv3l_pretrain"}
+STUDENTS = {"mobilefacenet": "student_mbf_pretrain", "mobilenet_v3_small": "student_mv3s_pretrain"}
+MOBILE = ["mobilefacenet", "mobilenet_v3_small", "mobilenet_v3_large"]
 PRUNED = "mobilenet_v3_small"
 KINDS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -88,6 +89,7 @@ def test_stage_record_and_savedmodel_match_keras(runner, exports, arch):
 @pytest.mark.parametrize("arch", list(STUDENTS))
 def test_every_tflite_format_runs_in_litert(runner, exports, arch):
     from ai_edge_litert.interpreter import Interpreter
+    from keras_kd.data.example import read_meta
     rec = exports[arch]
     for kind in KINDS:
         r = rec[f"tflite_{kind}"]
@@ -97,7 +99,10 @@ def test_every_tflite_format_runs_in_litert(runner, exports, arch):
         assert list(sigs) == ["serving_crop"] and sigs["serving_crop"]["outputs"] == ["embedding"]
         assert np.isfinite(r["rank1"]) and r["latency_ms"] > 0, (kind, r)
     assert rec["tflite_fp32"]["max_abs_diff"] <= TOL, rec["tflite_fp32"]
-    assert abs(rec["tflite_fp32"]["rank1"] - rec["keras"]["rank1"]) <= 1e-6
+    # The same embeddings to TOL give the same rank-1 but for near ties: after 5 steps the embeddings of
+    # different faces can be nearly parallel (module docstring), so one test image may change its neighbour.
+    n_test = read_meta(runner.data_dir(TASK))["splits"]["test"]
+    assert abs(rec["tflite_fp32"]["rank1"] - rec["keras"]["rank1"]) <= 1 / n_test + 1e-9
     assert rec["tflite_int8"]["max_abs_diff"] <= INT8_OUTPUT_TOL, rec["tflite_int8"]
     assert rec["tflite_int8"]["size_bytes"] < 0.4 * rec["tflite_fp32"]["size_bytes"]
     assert rec["tflite_fp16"]["size_bytes"] < 0.6 * rec["tflite_fp32"]["size_bytes"]
@@ -132,7 +137,7 @@ def test_pruning_mobilenet_v3(runner, exports):
     assert "pruned_fp32" not in exports["mobilefacenet"]
 
 
-@pytest.mark.parametrize("arch", list(STUDENTS))
+@pytest.mark.parametrize("arch", MOBILE)
 def test_savedmodel_and_fp32_match_keras_when_outputs_differ(arch, tmp_path):
     """export.saved_model.save and export.tflite.convert on a network whose embeddings of different images
     differ (batch-norm moving statistics set from one batch, unlike a 5-step student's): serving_crop and
@@ -157,6 +162,18 @@ def test_savedmodel_and_fp32_match_keras_when_outputs_differ(arch, tmp_path):
     fp32 = tmp_path / "model_fp32.tflite"
     fp32.write_bytes(tflite.convert(path, "fp32"))
     np.testing.assert_allclose(tflite.LiteModel(str(fp32))(x[:8] * 255.0)["embedding"], want, atol=TOL)
+
+
+def test_mobilenet_v3_large_is_quantization_aware_like_small():
+    """The trained fixture exports Small; Large, built by the same keras.applications code, wraps for QAT
+    the same way (hard-swish TFOpLambda ops left float, Multiply output-only) and runs."""
+    from export import optimize
+    from keras_kd.models import archs
+    model = archs.build_model("mobilenet_v3_large", 1, 32, 8, ("embedding",), name="student")
+    qat, output_only, left_float = optimize.quantize_aware(model, "mobilenet_v3_large")
+    assert left_float and any("multiply" in n for n in output_only)
+    out = qat(np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32), training=False)
+    assert np.all(np.isfinite(out["embedding"]))
 
 
 # ---------------------------------------------------------------------------------------- fast units

@@ -190,10 +190,11 @@ def model_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_every_task_trains_and_reports_mobile_students(model_dir):
     ok(run_main("--task=classify", *SMOKE, f"--model_dir={model_dir}", "--cls_inits=label",
-                "--student_arch=mobilefacenet,mobilenet_v3_small,mobilenet_v3_large",
-                "--teacher_cache=memory"))
+                "--student_arch=mobilefacenet,mobilenet_v3_small", "--teacher_cache=memory"))
+    # MobileNetV3-Large is Small's builder (keras.applications) with the same layer types: it trains with every
+    # loss in test_a_mobile_student_distils_from_a_resnet_teacher_with_every_loss.
     models = _models(model_dir, "classify")
-    for tag, arch in (("mbf", "mobilefacenet"), ("mv3s", "mobilenet_v3_small"), ("mv3l", "mobilenet_v3_large")):
+    for tag, arch in (("mbf", "mobilefacenet"), ("mv3s", "mobilenet_v3_small")):
         for name in (f"student_{tag}_label", f"student_{tag}_label_soft_tc"):  # the cached-teacher twin of Ours
             assert models[name]["arch"] == arch and models[name]["network"] == tag, name
             assert 0 <= models[name]["metrics"]["top1"] <= 1
