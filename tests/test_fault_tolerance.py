@@ -83,18 +83,19 @@ def test_a_backup_of_other_settings_is_discarded_not_resumed(tmp_path):
 
 
 def test_two_workers_train_identical_weights_and_the_chief_alone_reports(tmp_path):
+    """A ResNet teacher and a MobileFaceNet student (label, then distilled) on 2 workers (ResNet students on
+    2 workers: tests/test_external_teacher.py's two-worker test)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-m", "keras_kd.launch", "--workers=2", "--", "main.py", *SMALL,
                            f"--model_dir={tmp_path}", "--teacher_epochs=1", "--verbose=0",
-                           "--student_arch=resnet50,mobilefacenet"],
+                           "--student_arch=mobilefacenet"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "[worker 1] [done] worker 1: finished" in out and "[worker 0] [done] 5 models" in out
+    assert "[worker 1] [done] worker 1: finished" in out and "[worker 0] [done] 3 models" in out
     chief = tmp_path / "classify" / "stages"
     other = tmp_path / ".workers" / "worker-1" / "classify" / "stages"
-    for name in ("teacher", "student_d8_label", "student_d8_label_soft", "student_mbf_label",
-                 "student_mbf_label_soft"):
+    for name in ("teacher", "student_mbf_label", "student_mbf_label_soft"):
         a, b = _weights(chief / f"{name}.weights.h5"), _weights(other / f"{name}.weights.h5")
         assert a.keys() == b.keys() and len(a) > 50
         for key in a:
