@@ -100,7 +100,7 @@ flags.DEFINE_list("student_arch", _d("student_arch"), "Student architectures (ke
 flags.DEFINE_float("student_width", _d("student_width"),
                    "Width multiplier of the non-ResNet students (MobileNetV3's alpha; "
                    "MobileFaceNet's channels × width).", lower_bound=0.05)
-flags.DEFINE_list("resnet_blocks", [str(b) for b in _d("resnet_blocks")], "Residual blocks per stage of the "
+flags.DEFINE_list("resnet_blocks", _d("resnet_blocks"), "Residual blocks per stage of the "
                   "ResNet teacher and students: 3,4,6,3 is ResNet-50 (every preset but smoke); smoke's 1,1,1,1 "
                   "builds and traces in a fraction of the time, for tests that check plumbing.")
 flags.DEFINE_integer("image_size", _d("image_size"),
@@ -192,7 +192,7 @@ def _split_ab(v: str):
 flags.register_validator("seeds", lambda v: all(x.strip().isdigit() for x in v) and len(set(v)) == len(v),
                          "--seeds: distinct non-negative integers, e.g. 0,1,2")
 flags.register_validator("students", _positive_ints, "--students: positive integers, e.g. 2,4,8")
-flags.register_validator("resnet_blocks", lambda v: _positive_ints(v) and (v is None or len(v) == 4),
+flags.register_validator("resnet_blocks", lambda v: _positive_ints(v) and len(v) == 4,
                          "--resnet_blocks: 4 positive integers, the blocks of each stage, e.g. 3,4,6,3")
 flags.register_validator("student_arch", lambda v: bool(v) and set(v) <= set(archs.ARCHS) and len(set(v)) == len(v),
                          f"--student_arch: distinct names among {', '.join(archs.ARCHS)}")

@@ -262,10 +262,10 @@ def best_students(models: list[dict], metric: str, lower_is_better: bool | None 
     return [name for _, name in sorted(best.values(), key=lambda kv: kv[1])], by
 
 
-def _best_line(task, models: list[dict]) -> list[str]:
-    """Which student of each network (ResNet width or architecture) is the best, and on which split that was decided."""
-    metric = task.headline if task else ""
-    names, by = best_students(models, metric, task.lower_is_better) if metric else ([], "")
+def _best_line(metric: str, best: tuple, models: list[dict]) -> list[str]:
+    """Which student of each network (ResNet width or architecture) is the best (``best``: best_students'
+    answer), and on which split that was decided."""
+    names, by = best
     if not names:
         return []
     by_name = {m["name"]: m for m in models}
@@ -377,11 +377,10 @@ def _full_table(models: list[dict]) -> list[str]:
     return ["", "## All models", ""] + table(header, rows)
 
 
-def _networks_table(task, models: list[dict]) -> list[str]:
-    """The best student of each network side by side, when the run has students of several architectures:
-    headline metric, size and cost, and the int8 TFLite file's size and latency where it was exported."""
-    metric = task.headline if task else ""
-    names = best_students(models, metric, task.lower_is_better)[0] if metric else []
+def _networks_table(metric: str, names: list[str], models: list[dict]) -> list[str]:
+    """The best student of each network (``names``) side by side, when the run has students of several
+    architectures: headline metric, size and cost, and the int8 TFLite file's size and latency where it was
+    exported."""
     by_name = {m["name"]: m for m in models}
     best = [by_name[n] for n in names]
     if len({m.get("arch", "resnet50") for m in best}) < 2:
@@ -459,10 +458,12 @@ def write_markdown(results: dict, path: str) -> str:
     if results.get("eval_data") and any(m.get("val_metrics") for m in models):
         lines += [f"- val: the validation split of the training data ({results.get('trained_on', '')}), which "
                   "chose the best student when it was trained; the other figures are on this data's test split", ""]
-    lines += _best_line(task, models)
+    metric = task.headline if task else ""
+    best = best_students(models, metric, task.lower_is_better) if metric else ([], "")
+    lines += _best_line(metric, best, models)
     lines += task.tables(models) if task else []
     lines += _methods_tables(task, models)
-    lines += _networks_table(task, models)
+    lines += _networks_table(metric, best[0], models)
     lines += _export_table(models)
     lines += _teacher_cache_table(task, models)
     lines += _full_table(models)

@@ -395,7 +395,8 @@ class Runner:
             record["softmax"] = stage.softmax
         if "landmarks" in task.heads:
             record["landmark_head"] = cfg.landmark_head
-        record.update({k: v for k, v in _arch_fields(stage, cfg).items() if k == "resnet_blocks"})
+        if "resnet_blocks" in _arch_fields(stage, cfg):  # the depth to rebuild it with (evaluate, export)
+            record["resnet_blocks"] = list(cfg.resnet_blocks)
         # Every worker saves (reading synchronized variables is a collective), each into its own root.
         self._save(stage, student, record, artifacts)
         shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)  # the chief's is the shared one

@@ -220,7 +220,7 @@ def test_latency_ms_of_a_tiny_tflite_file_and_of_a_reused_record(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(tflite.convert(str(tmp_path / "sm"), "fp32"))
     ms = tflite.latency_ms(str(path), runs=5, warmup=1)
-    assert isinstance(ms, float) and 0 < ms < 1000
+    assert isinstance(ms, float) and np.isfinite(ms) and ms > 0  # a time, not a speed check (bench/ has those)
     # an export.json from before latency_ms, reused (same checkpoint and options), gets it added
     record = {"name": "m", "keras": {"rank1": 1.0}, "tflite_fp32": {"path": str(path), "size_bytes": 1}}
     saved = tmp_path / "export.json"

@@ -101,16 +101,13 @@ class Align(TransferTask):
     def expected_serving_outputs(self, raw, image_size, input_hw=None):
         px = raw["landmarks"] * image_size
         if input_hw is not None:
-            resize, offset = _crop_geometry(image_size)
-            scale = np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / resize
-            px = (px + offset) * scale
+            px = (px + _crop_geometry(image_size)[1]) * _to_input(input_hw, image_size)
         return {"landmarks": px.astype(np.float32)}
 
     def serving_units(self, image_size, input_hw=None):
         if input_hw is None:
             return {"landmarks": np.float32(image_size)}
-        scale = np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / _crop_geometry(image_size)[0]
-        return {"landmarks": (image_size * scale).astype(np.float32)}
+        return {"landmarks": (image_size * _to_input(input_hw, image_size)).astype(np.float32)}
 
     def prediction_row(self, outputs, i):
         return {"landmarks": np.round(outputs["landmarks"][i], 2).tolist()}
@@ -184,6 +181,11 @@ def _crop_geometry(image_size: int) -> tuple:
     """(R, offset): the side the evaluation pipeline resizes the whole image to, and its centre crop's corner."""
     resize = pipeline.InputConfig(image_size=image_size, batch_size=1).resize_size
     return resize, (resize - image_size) // 2
+
+
+def _to_input(input_hw, image_size: int) -> np.ndarray:
+    """(x, y) factors [N, 1, 2] from resized-image pixels to the pixels of input images of ``input_hw``."""
+    return np.asarray(input_hw, np.float64)[:, ::-1][:, None, :] / _crop_geometry(image_size)[0]
 
 
 def _with_landmarks(outputs: dict, targets: dict) -> tuple:
