@@ -48,7 +48,7 @@ from keras_kd.data import pipeline
 from keras_kd.data.example import parse_example, shard_paths
 from keras_kd.keras import keras, tf
 from keras_kd.models import archs
-from keras_kd.stages import Runner
+from keras_kd.stages import CONFIG_FILE, Runner
 from keras_kd.tasks import TASKS, Stage
 
 from export import saved_model, tflite
@@ -129,7 +129,6 @@ def saved_model_dir(model_dir: str, task: str, name: str, version: int = 1) -> s
     return os.path.join(model_dir, task, "export", name, "saved_model", str(int(version)))
 
 
-CONFIG_FILE = "config.json"  # <model_dir>/<task>/config.json: the whole Config of the run (stages.Runner.run)
 _RUN_ONLY = ("model_dir", "task", "strategy", "overwrite")  # how and where that run ran, not what it trained
 
 

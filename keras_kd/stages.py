@@ -45,6 +45,7 @@ from keras_kd.tasks import TASKS, Stage
 from keras_kd.teachers import external
 
 # Shapes a saved stage must share with the current run to be reused.
+CONFIG_FILE = "config.json"  # <model_dir>/<task>/config.json: the whole Config of the run (export reads it)
 COMPAT_KEYS = ("image_size", "num_classes", "width_divisor", "data")
 # Settings that change what an interrupted stage's training is: a backup made with others is not resumed.
 _BACKUP_KEYS = ("image_size", "seed", "optimizer", "lr_schedule", "warmup_epochs", "lr_decay_epochs",
@@ -556,7 +557,7 @@ class Runner:
             if rec.get("evaluate", True):
                 res.upsert({k: v for k, v in rec.items() if k not in ("history", "evaluate", "data", "signature")})
         if self.worker == 0:
-            io.write_json(os.path.join(out_dir, "config.json"), dataclasses.asdict(self.cfg))
+            io.write_json(os.path.join(out_dir, CONFIG_FILE), dataclasses.asdict(self.cfg))
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
             results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks
