@@ -6,7 +6,8 @@ so a head on stage 2 trains a truncated network (the real models keep every stag
 
     python -m bench.align_heads --width=8 --head=s2 --steps=960 --lr=1e-2 --every=480
     heads: s4 | s3 | s2 | s1 (1x1 conv to 32 channels, flattened, fc), fpnfc (stages 2-4 fused at stage 2,
-           fc), fpnhm (the same, soft-argmax), hm2 (soft-argmax on stage 2, as `heatmap`)
+           fc), fpnhm (the same, soft-argmax), hm2 (soft-argmax on stage 2, as `heatmap`), aoff2 | aoff1 (per
+           landmark a softmax over the cells of stage 2 | 1 and a per-cell offset)
 """
 from __future__ import annotations
 
@@ -19,11 +20,28 @@ import numpy as np
 
 from keras_kd import conv_grad, metrics
 from keras_kd.data import pipeline
-from keras_kd.data.synthetic import write_synthetic
+from keras_kd.data.synthetic import VERSION, write_synthetic
 from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
 from keras_kd.models.heads import SoftArgmax
+
+
+class AttentionOffset(keras.layers.Layer):
+    """Per landmark: a softmax over the map's cells says where, a per-cell offset says where in the cell."""
+
+    def build(self, shape):
+        self.att = keras.layers.Conv2D(5, 1, kernel_initializer="zeros")
+        self.off = keras.layers.Conv2D(10, 1, kernel_initializer="zeros")
+
+    def call(self, x):
+        b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+        p = tf.nn.softmax(tf.reshape(self.att(x), [b, h * w, 5]), axis=1)          # [B, HW, 5]
+        off = tf.reshape(self.off(x), [b, h * w, 5, 2]) / float(w)               # cell units → crop units
+        xs = (tf.range(w, dtype=tf.float32) + 0.5) / w
+        ys = (tf.range(h, dtype=tf.float32) + 0.5) / h
+        grid = tf.stack([tf.tile(xs, [h]), tf.repeat(ys, w)], -1)                 # [HW, 2]
+        return tf.einsum("bkn,bknc->bnc", p, grid[None, :, None, :] + off)
 
 
 def build(width: int, head: str, size: int) -> keras.Model:
@@ -50,6 +68,8 @@ def build(width: int, head: str, size: int) -> keras.Model:
                                         reduce(f["stage2"])])
         x = reduce(keras.layers.Conv2D(64, 3, padding="same")(x))
         out = fc(x) if head == "fpnfc" else SoftArgmax()(keras.layers.Conv2D(5, 1)(x))
+    elif head in ("aoff2", "aoff1"):
+        out = AttentionOffset()(reduce(f["stage" + head[-1]], 64))
     elif head == "hm2":
         x = reduce(keras.layers.Conv2D(64, 3, padding="same")(f["stage2"]), 64)
         out = SoftArgmax()(keras.layers.Conv2D(5, 1)(x))
@@ -71,7 +91,7 @@ def main() -> None:
     p.add_argument("--data_root", default="/tmp/keras_kd_align_heads")
     a = p.parse_args()
     ids, imgs, px = (int(v) for v in a.synthetic.split(","))
-    data = os.path.join(a.data_root, f"synthetic-{ids}x{imgs}-{px}px")
+    data = os.path.join(a.data_root, f"synthetic-v{VERSION}-{ids}x{imgs}-{px}px")
     if not os.path.exists(os.path.join(data, "meta.json")):
         write_synthetic(data, ids, imgs, px, seed=0, log=lambda *_: None)
     cfg = pipeline.InputConfig(image_size=a.size, batch_size=a.batch)

@@ -55,7 +55,7 @@ class Config:
     images_per_id: int = 4
     lr_scratch: float = 3e-3
     lr_init: float = 1e-3
-    lr_transfer: float = 3e-3              # align/verify teacher and initialized students; 0 = lr_init
+    lr_transfer: float = 6e-3              # align/verify teacher and initialized students; 0 = lr_init
     lr_decay_epochs: int = 30
     lr_decay_factor: float = 0.1
     momentum: float = 0.9
@@ -63,8 +63,8 @@ class Config:
     teacher_epochs: int = 2
     student_epochs: int = 2
     fitnet_epochs: int = 1
-    transfer_epochs: int = 1
-    teacher_transfer_epochs: int = 4       # the align/verify teacher's; 0 = transfer_epochs
+    transfer_epochs: int = 3
+    teacher_transfer_epochs: int = 5       # the align/verify teacher's; 0 = transfer_epochs
     pretrain_epochs: int = 4
     steps_per_execution: int = 1
 

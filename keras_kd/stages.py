@@ -604,7 +604,8 @@ def _short(value) -> str:
 
 def synthetic_dir(cfg: Config, root: str) -> str:
     """Where a run under `root` keeps the synthetic faces of its settings."""
-    return os.path.join(root, "data", f"synthetic-{cfg.synthetic_identities}x{cfg.synthetic_images}-"
+    from keras_kd.data.synthetic import VERSION
+    return os.path.join(root, "data", f"synthetic-v{VERSION}-{cfg.synthetic_identities}x{cfg.synthetic_images}-"
                                       f"{cfg.synthetic_size}px")
 
 

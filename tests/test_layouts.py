@@ -175,7 +175,7 @@ def test_cli_synthetic(tmp_path):
     r = _cli("--layout=synthetic", f"--out={out}", "--num_identities=3", "--images_per_identity=4",
              "--image_size=32", "--seed=2")
     assert r.returncode == 0, r.stderr
-    assert "synthetic-faces-3x4-32px-seed2: wrote" in r.stdout
+    assert "synthetic-faces-v2-3x4-32px-seed2: wrote" in r.stdout
     meta = read_meta(str(out))
     assert meta["synthetic"] and sum(meta["splits"].values()) == 12
 

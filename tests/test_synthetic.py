@@ -86,7 +86,7 @@ def test_items_render_what_render_face_renders():
 
 def test_write_synthetic(tmp_path):
     meta = synthetic.write_synthetic(str(tmp_path), 3, 5, 32, seed=1, log=lambda *_: None)
-    assert meta["name"] == "synthetic-faces-3x5-32px-seed1" and meta["synthetic"] and meta["has_landmarks"]
+    assert meta["name"] == "synthetic-faces-v2-3x5-32px-seed1" and meta["synthetic"] and meta["has_landmarks"]
     assert sum(meta["splits"].values()) == 15 and meta["num_classes"] == 3 and meta["image_size"] == [32, 32]
     with open(os.path.join(tmp_path, "meta.json")) as f:
         assert json.load(f) == meta
