@@ -112,3 +112,10 @@ def test_bad_evaluate_and_seed_flags_are_refused(parse, argv):
 def test_every_table_config_parses(parse, cfg):
     c = parse(f"--flagfile={REPO / 'configs' / cfg}")
     assert c.seeds and c.model_dir == "runs/real" and c.image_size == 48 and c.data.startswith("data/real/")
+    assert c.optimizer == "adamw" and c.landmark_head == "spatial"  # the quick preset's recipe
+    # real_sgd.cfg after it: the recipe of the tables measured before 2026-12-05, the table's own flags kept.
+    old = parse(f"--flagfile={REPO / 'configs' / cfg}", f"--flagfile={REPO / 'configs' / 'real_sgd.cfg'}")
+    assert (old.optimizer, old.lr_schedule, old.landmark_head, old.model_dir) == ("sgd", "step", "pooled",
+                                                                                  "runs/real_sgd")
+    assert (old.task, old.data, old.students, old.seeds, old.verify_softmax) == (
+        c.task, c.data, c.students, c.seeds, c.verify_softmax)
