@@ -46,6 +46,7 @@ from keras_kd.teachers import external
 
 # Shapes a saved stage must share with the current run to be reused.
 CONFIG_FILE = "config.json"  # <model_dir>/<task>/config.json: the whole Config of the run (export reads it)
+ARTIFACT_ARRAYS = ("errors", "examples", "example_index")  # a task's evaluation arrays kept in <stage>.eval.npz
 COMPAT_KEYS = ("image_size", "num_classes", "width_divisor", "data")
 # Settings that change what an interrupted stage's training is: a backup made with others is not resumed.
 _BACKUP_KEYS = ("image_size", "seed", "optimizer", "lr_schedule", "warmup_epochs", "lr_decay_epochs",
@@ -530,7 +531,7 @@ class Runner:
         """Weights first, record last (each via temp file + rename): a record means the weights are whole."""
         with io.replacing(self.path(stage, ".weights.h5", self.root)) as tmp:  # its suffix picks the format
             model.save_weights(tmp)
-        arrays = {k: artifacts[k] for k in ("errors", "examples") if k in artifacts}
+        arrays = {k: artifacts[k] for k in ARTIFACT_ARRAYS if k in artifacts}
         if "roc" in artifacts:
             arrays.update(roc_fpr=artifacts["roc"][0], roc_tpr=artifacts["roc"][1])
         if arrays:
@@ -542,7 +543,7 @@ class Runner:
         if not os.path.exists(path):
             return {}
         z = np.load(path)
-        out = {k: z[k] for k in ("errors", "examples") if k in z}
+        out = {k: z[k] for k in ARTIFACT_ARRAYS if k in z}
         if "roc_fpr" in z:
             out["roc"] = (z["roc_fpr"], z["roc_tpr"])
         return out

@@ -17,6 +17,12 @@ from keras_kd.tasks.base import Stage, input_config, predict
 from keras_kd.tasks.transfer import TransferTask, ab_header, init_by_ab_rows
 
 EXAMPLES = 12  # test faces drawn in alignment_examples.png
+
+
+def example_indices(n: int) -> np.ndarray:
+    """Which of n test faces (with landmarks, in split order) the picture draws: spread over the split, whose
+    records come grouped by identity, so that the faces are of different people."""
+    return np.unique(np.linspace(0, n - 1, min(EXAMPLES, n)).round().astype(int))
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 
@@ -76,7 +82,8 @@ class Align(TransferTask):
             raise ValueError(f"{data_dir}: the {split} split has no landmarks to evaluate alignment on")
         pred, true = _with_landmarks(out, tgt)
         per_image = metrics.landmark_errors(pred, true, "interocular").mean(axis=1)
-        return self.metrics(out, tgt), {"errors": per_image, "examples": pred[:EXAMPLES]}
+        idx = example_indices(len(pred))
+        return self.metrics(out, tgt), {"errors": per_image, "examples": pred[idx], "example_index": idx}
 
     def metrics(self, outputs, targets):
         """On the images with landmarks: NRMSE (inter-ocular; and by the box diagonal), failure rate and
@@ -142,8 +149,8 @@ class Align(TransferTask):
         return paths
 
     def _examples_plot(self, artifacts, out_dir, models, data_dir, cfg) -> list:
-        """The first test faces with the true landmarks, the teacher's and the best student's (best on the
-        val split when the records have it: the test faces drawn did not choose it)."""
+        """Test faces with the true landmarks, the teacher's and the best student's (best on the val split
+        when the records have it: the test faces drawn did not choose it)."""
         teacher = next((m["name"] for m in models if m.get("role") == "teacher"), None)
         best, by = results.best_students(models, self.headline, self.lower_is_better)
         score = {m["name"]: m.get("metrics", {}).get(self.headline) for m in models}
@@ -157,21 +164,26 @@ class Align(TransferTask):
         if best:
             top = min(best, key=lambda n: chosen[n])
             shown[f"{label('student', top)} (chosen on {by})"] = top
-        shown = {k: artifacts[n]["examples"] for k, n in shown.items() if "examples" in artifacts.get(n, {})}
+        shown = {k: n for k, n in shown.items() if "examples" in artifacts.get(n, {})}
         if not shown:
             return []
-        n = min(len(v) for v in shown.values())
+        # Which faces each model's examples are: saved with them (records before 2026-12-05: the first ones).
+        index = {n: artifacts[n].get("example_index", np.arange(len(artifacts[n]["examples"]))) for n in shown.values()}
+        idx = next(iter(index.values()))
+        if any(not np.array_equal(i, idx) for i in index.values()):
+            return []  # the two models' examples are of different faces: nothing to draw side by side
         ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
         images, true = [], []
         for x, t in ds:
             keep = t["has_landmarks"].numpy()
             images.append(x.numpy()[keep])
             true.append(t["landmarks"].numpy()[keep])
-            if sum(map(len, images)) >= n:
-                break
-        images, true = np.concatenate(images)[:n], np.concatenate(true)[:n]
+        images, true = np.concatenate(images), np.concatenate(true)
+        if len(idx) == 0 or idx.max() >= len(true):
+            return []
+        images, true = images[idx], true[idx]
         s = cfg.image_size
-        points = {"true": true * s, **{k: v[:n] * s for k, v in shown.items()}}
+        points = {"true": true * s, **{k: artifacts[n]["examples"] * s for k, n in shown.items()}}
         path = os.path.join(out_dir, "alignment_examples.png")
         results.plot_alignment_examples((images * 255).round().astype(np.uint8), points, path)
         return [path]
