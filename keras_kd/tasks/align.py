@@ -17,13 +17,13 @@ from keras_kd.tasks.base import Stage, input_config, predict
 from keras_kd.tasks.transfer import TransferTask, ab_header, init_by_ab_rows
 
 EXAMPLES = 12  # test faces drawn in alignment_examples.png
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 
 def example_indices(n: int) -> np.ndarray:
     """Which of n test faces (with landmarks, in split order) the picture draws: spread over the split, whose
     records come grouped by identity, so that the faces are of different people."""
     return np.unique(np.linspace(0, n - 1, min(EXAMPLES, n)).round().astype(int))
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 
 
 class Align(TransferTask):
@@ -168,7 +168,8 @@ class Align(TransferTask):
         if not shown:
             return []
         # Which faces each model's examples are: saved with them (records before 2026-12-05: the first ones).
-        index = {n: artifacts[n].get("example_index", np.arange(len(artifacts[n]["examples"]))) for n in shown.values()}
+        index = {n: artifacts[n].get("example_index", np.arange(len(artifacts[n]["examples"])))
+                 for n in shown.values()}
         idx = next(iter(index.values()))
         if any(not np.array_equal(i, idx) for i in index.values()):
             return []  # the two models' examples are of different faces: nothing to draw side by side
