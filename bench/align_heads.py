@@ -20,7 +20,7 @@ import numpy as np
 
 from keras_kd import conv_grad, metrics
 from keras_kd.data import pipeline
-from keras_kd.data.synthetic import VERSION, write_synthetic
+from keras_kd.data.synthetic import folder_name, write_synthetic
 from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--data_root", default="/tmp/keras_kd_align_heads")
     a = p.parse_args()
     ids, imgs, px = (int(v) for v in a.synthetic.split(","))
-    data = os.path.join(a.data_root, f"synthetic-v{VERSION}-{ids}x{imgs}-{px}px")
+    data = os.path.join(a.data_root, folder_name(ids, imgs, px))
     if not os.path.exists(os.path.join(data, "meta.json")):
         write_synthetic(data, ids, imgs, px, seed=0, log=lambda *_: None)
     cfg = pipeline.InputConfig(image_size=a.size, batch_size=a.batch)

@@ -167,7 +167,7 @@ def synthetic_data(identities: int = 30, images: int = 36, size: int = 56) -> st
     """A synthetic data set (the quick preset's by default), generated once under bench/.data/."""
     from keras_kd.data import synthetic
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".data",
-                        f"synthetic-v{synthetic.VERSION}-{identities}x{images}-{size}px")
+                        synthetic.folder_name(identities, images, size))
     if not os.path.exists(os.path.join(path, "meta.json")):
         synthetic.write_synthetic(path, identities, images, size, seed=0, log=lambda *_: None)
     return path

@@ -605,9 +605,9 @@ def _short(value) -> str:
 
 def synthetic_dir(cfg: Config, root: str) -> str:
     """Where a run under `root` keeps the synthetic faces of its settings."""
-    from keras_kd.data.synthetic import VERSION
-    return os.path.join(root, "data", f"synthetic-v{VERSION}-{cfg.synthetic_identities}x{cfg.synthetic_images}-"
-                                      f"{cfg.synthetic_size}px")
+    from keras_kd.data.synthetic import folder_name
+    return os.path.join(root, "data", folder_name(cfg.synthetic_identities, cfg.synthetic_images,
+                                                  cfg.synthetic_size))
 
 
 def _fmt(metrics: dict) -> str:

@@ -121,7 +121,7 @@ def test_main_says_in_one_line_what_is_wrong_with_the_teacher(tmp_path):
 
 def test_main_distils_from_a_file_of_teacher_outputs(tmp_path, teacher_file):
     # The smoke preset's synthetic data, then the teacher's outputs for it, as another framework would write.
-    data = tmp_path / "data" / f"synthetic-v{synthetic.VERSION}-8x16-40px"
+    data = tmp_path / "data" / synthetic.folder_name(8, 16, 40)
     synthetic.write_synthetic(str(data), 8, 16, 40, seed=0, log=lambda *_: None)
     model = external.load_model(str(teacher_file), 40)
     from keras_kd.data import pipeline

@@ -269,6 +269,12 @@ def synthetic_items(num_identities: int, images_per_identity: int, image_size: i
     return items
 
 
+def folder_name(num_identities: int, images_per_identity: int, image_size: int) -> str:
+    """The folder a run or a benchmark generates a set of these settings into (the version in it: a folder of
+    another version's faces is never taken for this one's)."""
+    return f"synthetic-v{VERSION}-{num_identities}x{images_per_identity}-{image_size}px"
+
+
 def write_synthetic(out_dir: str, num_identities: int = 40, images_per_identity: int = 50, image_size: int = 72,
                     seed: int = 0, **write_kwargs) -> dict:
     """Converts a synthetic set to TFRecords (see `write_dataset`); the split seed defaults to `seed`."""
