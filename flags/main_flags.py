@@ -137,10 +137,13 @@ flags.DEFINE_float("weight_decay", _d("weight_decay"),
                    "Decoupled weight decay (0: none); never on biases and batch-norm "
                    "γ/β.", lower_bound=0)
 for _name, _what in [("teacher", "the classification teacher"), ("student", "classification students"),
-                     ("fitnet", "FitNet hint pre-training"), ("transfer", "align/verify teacher and students"),
-                     ("pretrain", "align/verify Pretrain students"),
-                     ("teacher_transfer", "the align/verify teacher (default: --transfer_epochs)")]:
+                     ("fitnet", "FitNet hint pre-training"), ("transfer", "align/verify Distill students (and the default of the two below)"),
+                     ("pretrain", "align/verify Pretrain students")]:
     flags.DEFINE_integer(f"{_name}_epochs", _d(f"{_name}_epochs"), f"Epochs of {_what}.", lower_bound=1)
+for _name, _what in [("teacher_transfer", "the align/verify teacher"),
+                     ("pretrain_transfer", "the Pretrain students after their pretraining")]:
+    flags.DEFINE_integer(f"{_name}_epochs", _d(f"{_name}_epochs"), f"Epochs of {_what} (0: --transfer_epochs).",
+                         lower_bound=0)
 flags.DEFINE_integer("steps_per_execution", _d("steps_per_execution"),
                      "Train steps per tf.function call.", lower_bound=1)
 

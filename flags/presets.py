@@ -18,14 +18,14 @@ PRESETS = {
     "quick": {},
     "smoke": dict(
         image_size=32, resnet_blocks=["1", "1", "1", "1"], batch_size=16, align_batch_size=16, ids_per_batch=4,
-        teacher_epochs=1, student_epochs=1,
-        transfer_epochs=1, teacher_transfer_epochs=0, pretrain_epochs=1, synthetic_identities=8,
-        synthetic_images=16, synthetic_size=40, verify_softmax=["off", "on"]),
+        teacher_epochs=1, student_epochs=1, transfer_epochs=1, teacher_transfer_epochs=0,
+        pretrain_transfer_epochs=0, pretrain_epochs=1, synthetic_identities=8, synthetic_images=16,
+        synthetic_size=40, verify_softmax=["off", "on"]),
     "paper": dict(
         image_size=224, students=["2", "4", "8"], batch_size=256, align_batch_size=64, ids_per_batch=32,
         images_per_id=4, teacher_epochs=60, student_epochs=60, fitnet_epochs=10, transfer_epochs=60,
-        teacher_transfer_epochs=0, pretrain_epochs=60, lr_scratch=0.1, lr_init=0.01, lr_transfer=0.0,
-        lr_decay_epochs=30, lr_decay_factor=0.1, temperature=3.0, tau2=False, margin=0.4,
+        teacher_transfer_epochs=0, pretrain_transfer_epochs=0, pretrain_epochs=60, lr_scratch=0.1, lr_init=0.01,
+        lr_transfer=0.0, lr_decay_epochs=30, lr_decay_factor=0.1, temperature=3.0, tau2=False, margin=0.4,
         verify_softmax=["off", "on"], synthetic_identities=500, synthetic_images=100, synthetic_size=256,
         optimizer="sgd", lr_schedule="step", warmup_epochs=0.0, weight_decay=1e-4, landmark_head="pooled"),
 }

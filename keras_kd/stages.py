@@ -336,7 +336,7 @@ class Runner:
         with self.strategy.scope():
             student = self.build(stage)
             self._initial(stage, student)
-            teacher = self.load(*stage.teacher) if stage.teacher else None
+            teacher = self.load(*stage.teacher) if stage.teacher and stage.targets else None  # α = β = 0: unused
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
                                   stage.targets, config=cfg,
                                   eval_metrics=task.eval_metrics(stage) if stage.evaluate and n_val else None)

@@ -38,7 +38,8 @@ def _smoke_config(model_dir):
     return Config(model_dir=str(model_dir), preset="smoke", image_size=32, students=(8,),
                   student_arch=tuple(STUDENTS), batch_size=16, align_batch_size=16, ids_per_batch=4,
                   images_per_id=4, teacher_epochs=1, student_epochs=1, fitnet_epochs=1, transfer_epochs=1,
-                  teacher_transfer_epochs=0, pretrain_epochs=1, synthetic_identities=8, synthetic_images=16,
+                  teacher_transfer_epochs=0, pretrain_transfer_epochs=0, pretrain_epochs=1,
+                  synthetic_identities=8, synthetic_images=16,
                   synthetic_size=40, verify_softmax=(False, True), landmark_head="pooled", verbose=0, resnet_blocks=(1, 1, 1, 1),
                   **{**PAPER_RECIPE, "lr_scratch": 0.05})
 

@@ -17,7 +17,7 @@ from keras_kd.stages import Runner, StageError, signature_diff
 BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
             student_epochs=1, transfer_epochs=1, pretrain_epochs=1, ab_grid=((1.0, 0.0),),
             transfer_inits=("distill",), verify_softmax=(False,), ids_per_batch=2, images_per_id=2,
-            teacher_transfer_epochs=0, resnet_blocks=(1, 1, 1, 1), **PAPER_RECIPE)
+            teacher_transfer_epochs=0, pretrain_transfer_epochs=0, resnet_blocks=(1, 1, 1, 1), **PAPER_RECIPE)
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,23 @@ def test_transfer_stages_take_lr_transfer_and_fall_back_to_lr_init(task):
     assert fallback[next(n for n in fallback if n.startswith("teacher"))] == 0.2
 
 
+@pytest.mark.parametrize("task", ["align", "verify"])
+def test_transfer_stages_take_their_epochs_and_fall_back_to_transfer_epochs(task):
+    """The Pretrain students already trained --pretrain_epochs on the task: --pretrain_transfer_epochs sets
+    their transfer, --teacher_transfer_epochs the teacher's; 0 means --transfer_epochs for either."""
+    from keras_kd.tasks import TASKS
+    cfg = Config(students=(8,), transfer_epochs=7, pretrain_epochs=5, teacher_transfer_epochs=9,
+                 pretrain_transfer_epochs=2)
+
+    def epochs(c):
+        return {s.name.replace("_softmax", ""): s.epochs for s in TASKS[task].plan(c) if s.task == task}
+
+    assert epochs(cfg) == {"teacher": 9, "student_d8_pretrain": 5, **{f"student_d8_{init}_a{ab}": e for init, e in (
+        ("pretrain", 2), ("distill", 7)) for ab in ("0b0", "0b1", "1b0")}}
+    fallback = epochs(cfg.replace(teacher_transfer_epochs=0, pretrain_transfer_epochs=0))
+    assert fallback["teacher"] == fallback["student_d8_pretrain_a0b1"] == fallback["student_d8_distill_a1b0"] == 7
+
+
 def _tiny_distiller():
     """A 4-class softmax on 3 features, trained on its task loss alone: fit_stage without a ResNet."""
     from keras_kd.distill.distiller import Distiller

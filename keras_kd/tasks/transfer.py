@@ -40,9 +40,11 @@ class TransferTask(Task):
                 distilled = ("classify", distilled_name(st.tag, cfg))
                 for init in cfg.transfer_inits:
                     start = (t, pretrain.name) if init == "pretrain" else distilled
+                    epochs = (cfg.pretrain_transfer_epochs or cfg.transfer_epochs) if init == "pretrain" \
+                        else cfg.transfer_epochs
                     for a, b in cfg.ab_grid:
                         stages.append(Stage(
-                            t, f"student_{st.tag}_{init}_a{a:g}b{b:g}{suffix}", d, init, cfg.transfer_epochs,
+                            t, f"student_{st.tag}_{init}_a{a:g}b{b:g}{suffix}", d, init, epochs,
                             lr, init_from=start, teacher=(t, teacher.name),
                             targets=tuple((n, w) for n, w in (("soft", a), ("hidden", b)) if w),
                             softmax=softmax, **kw))
