@@ -113,9 +113,12 @@ def test_every_table_config_parses(parse, cfg):
     c = parse(f"--flagfile={REPO / 'configs' / cfg}")
     assert c.seeds and c.model_dir == "runs/real" and c.image_size == 48 and c.data.startswith("data/real/")
     assert c.optimizer == "adamw" and c.landmark_head == "spatial"  # the quick preset's recipe
+    assert c.pretrain_transfer_epochs == 0 and c.transfer_epochs == 3  # every student transfers 3 epochs
+    assert (c.mining, c.lr_transfer) == (("semi_hard", 1e-3) if cfg == "table4_verify.cfg" else ("batch_hard", 6e-3))
     # real_sgd.cfg after it: the recipe of the tables measured before 2026-12-05, the table's own flags kept.
     old = parse(f"--flagfile={REPO / 'configs' / cfg}", f"--flagfile={REPO / 'configs' / 'real_sgd.cfg'}")
-    assert (old.optimizer, old.lr_schedule, old.landmark_head, old.model_dir) == ("sgd", "step", "pooled",
-                                                                                  "runs/real_sgd")
+    assert (old.optimizer, old.lr_schedule, old.landmark_head, old.model_dir, old.mining, old.lr_transfer) == (
+        "sgd", "step", "pooled", "runs/real_sgd", "batch_hard", 0.0)
+    assert (old.transfer_epochs, old.pretrain_transfer_epochs) == (3, 0)
     assert (old.task, old.data, old.students, old.seeds, old.verify_softmax) == (
         c.task, c.data, c.students, c.seeds, c.verify_softmax)
