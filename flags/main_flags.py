@@ -137,7 +137,8 @@ flags.DEFINE_float("weight_decay", _d("weight_decay"),
                    "Decoupled weight decay (0: none); never on biases and batch-norm "
                    "γ/β.", lower_bound=0)
 for _name, _what in [("teacher", "the classification teacher"), ("student", "classification students"),
-                     ("fitnet", "FitNet hint pre-training"), ("transfer", "align/verify Distill students (and the default of the two below)"),
+                     ("fitnet", "FitNet hint pre-training"),
+                     ("transfer", "align/verify Distill students (and the default of the two below)"),
                      ("pretrain", "align/verify Pretrain students")]:
     flags.DEFINE_integer(f"{_name}_epochs", _d(f"{_name}_epochs"), f"Epochs of {_what}.", lower_bound=1)
 for _name, _what in [("teacher_transfer", "the align/verify teacher"),
