@@ -134,7 +134,7 @@ class Runner:
             self._plans[task] = {s.name: s for s in stages}
             if self.external is not None:
                 for s in stages:
-                    if s.teacher is not None and s.targets:
+                    if s.distilled_from is not None:
                         self.external.check(s, self.num_classes)
             for spec, why in t.skipped_methods(self.cfg):
                 self.log(f"[plan] {task}: --methods={spec} skipped: {why}")
@@ -198,7 +198,7 @@ class Runner:
 
     def _teacher_identity(self, stage: Stage) -> Optional[str]:
         """Which teacher a stage distils from: the external one's file hash, or the teacher stage."""
-        if stage.teacher is None or not stage.targets:
+        if stage.distilled_from is None:
             return None
         if self.external is not None:
             return self.external.identity
@@ -206,7 +206,7 @@ class Runner:
 
     def _check_same_teacher(self, stage: Stage, record: dict) -> None:
         want = self._teacher_identity(stage)
-        old = "stage:" + "/".join(stage.teacher) if stage.teacher and stage.targets else None  # records before it
+        old = "stage:" + "/".join(stage.distilled_from) if stage.distilled_from else None  # records before it
         if record.get("teacher_source", old) != want:
             raise StageError(f"{self.path(stage, '.json')}: distilled from {record.get('teacher_source')} "
                              f"(now {want}); use another --model_dir or --overwrite")
@@ -252,7 +252,7 @@ class Runner:
         """(field, stage ref) of the stages whose weights shape this one: its init, and its teacher when a
         target reads it."""
         return [(f, d) for f, d in (("init_from", stage.init_from),
-                                    ("teacher", stage.teacher if stage.targets else None)) if d is not None]
+                                    ("teacher", stage.distilled_from)) if d is not None]
 
     def _trained_signature(self, stage: Stage) -> dict:
         """The signature a freshly trained stage records: the current one, with the signatures its init and
@@ -336,7 +336,7 @@ class Runner:
         with self.strategy.scope():
             student = self.build(stage)
             self._initial(stage, student)
-            teacher = self.load(*stage.teacher) if stage.teacher and stage.targets else None  # α = β = 0: unused
+            teacher = self.load(*stage.distilled_from) if stage.distilled_from else None
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
                                   stage.targets, config=cfg,
                                   eval_metrics=task.eval_metrics(stage) if stage.evaluate and n_val else None)
@@ -455,7 +455,7 @@ class Runner:
     def _teacher_cache(self, stage: Stage, data_dir: str, train_cfg: pipeline.InputConfig):
         """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""
         if self.external is not None and self.external.offline:
-            return self.external.cache(data_dir) if stage.teacher and stage.targets else None
+            return self.external.cache(data_dir) if stage.distilled_from else None
         if not teacher_cache.uses_cache(stage, self.cfg.teacher_cache):
             if self.cfg.teacher_cache != "off" and stage.targets:
                 self.log(f"[teacher cache] {stage.task}/{stage.name}: targets {[n for n, _ in stage.targets]} need "

@@ -77,7 +77,7 @@ def cacheable(targets: Sequence) -> bool:
 
 def uses_cache(stage, mode: str) -> bool:
     """Whether a stage trains on cached teacher outputs under ``--teacher_cache=mode``."""
-    return mode != "off" and stage.teacher is not None and bool(stage.targets) and cacheable(stage.targets)
+    return mode != "off" and stage.distilled_from is not None and cacheable(stage.targets)
 
 
 def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[object]]) -> list:

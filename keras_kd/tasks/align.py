@@ -171,7 +171,7 @@ class Align(TransferTask):
         index = {n: artifacts[n].get("example_index", np.arange(len(artifacts[n]["examples"])))
                  for n in shown.values()}
         idx = next(iter(index.values()))
-        if any(not np.array_equal(i, idx) for i in index.values()):
+        if not len(idx) or any(not np.array_equal(i, idx) for i in index.values()):
             return []  # the two models' examples are of different faces: nothing to draw side by side
         ds = pipeline.make_dataset(data_dir, "test", self.batch_config(cfg, False), training=False)
         images, true = [], []
@@ -179,8 +179,10 @@ class Align(TransferTask):
             keep = t["has_landmarks"].numpy()
             images.append(x.numpy()[keep])
             true.append(t["landmarks"].numpy()[keep])
+            if sum(map(len, true)) > idx.max():  # the faces drawn are read: the rest of the split is not needed
+                break
         images, true = np.concatenate(images), np.concatenate(true)
-        if len(idx) == 0 or idx.max() >= len(true):
+        if idx.max() >= len(true):
             return []
         images, true = images[idx], true[idx]
         s = cfg.image_size

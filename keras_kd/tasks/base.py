@@ -51,6 +51,11 @@ class Stage:
         return dict(self.targets).get(target, 0.0)
 
     @property
+    def distilled_from(self) -> Optional[StageRef]:
+        """The teacher this stage reads: a transfer stage with α = β = 0 names one but has no term using it."""
+        return self.teacher if self.targets else None
+
+    @property
     def method(self) -> str:
         """The distillation loss by name ('soft', 'dkd', 'soft_at2', 'none'): the methods table's row."""
         return methods.spec_name(self.targets)
