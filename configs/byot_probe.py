@@ -52,13 +52,9 @@ def load_split(data_dir: str, split: str, resize: int, zoom: float):
     return np.stack(images), np.array(labels), sources
 
 
-def teacher_rows(path: str, sources, split: str) -> np.ndarray:
-    _, srcs, splits, outs = teacher_outputs.read(path)
-    index = {s: i for i, s in enumerate(srcs.tolist()) if splits[i] == split}
-    missing = [s for s in sources if s not in index]
-    if missing:
-        raise SystemExit(f"{path}: no {split} output for {len(missing)} records (first: {missing[0]})")
-    return outs["embedding"][[index[s] for s in sources]]
+def teacher_embeddings(path: str, data_dir: str, split: str) -> np.ndarray:
+    """The teacher's embedding of each `split` record, in file order (load_split's), checked against the data."""
+    return teacher_outputs.load(path, data_dir, split).outputs["embedding"]
 
 
 def embedding_model(a, width: int) -> keras.Model:
@@ -97,16 +93,16 @@ def main(argv=None) -> dict:
     tf.keras.utils.set_random_seed(a.seed)
     t0 = time.time()
     resize = int(round(a.image_size / CROP_RATIO))
-    x, _, src = load_split(a.data, "train", resize, a.zoom)
+    x, _, _ = load_split(a.data, "train", resize, a.zoom)
     x_test, y_test, src_test = load_split(a.data, "test", resize, a.zoom)
-    t = teacher_rows(a.teacher_outputs, src, "train")
+    t = teacher_embeddings(a.teacher_outputs, a.data, "train")
     mean = t.mean(0) if a.center else 0.0
     targets = unit(t - mean)
     if a.extra_data:
         for split in ("train", "test"):
-            xe, _, se = load_split(a.extra_data, split, resize, a.zoom)
+            xe, _, _ = load_split(a.extra_data, split, resize, a.zoom)
             x = np.concatenate([x, xe])
-            targets = np.concatenate([targets, unit(teacher_rows(a.extra_outputs, se, split) - mean)])
+            targets = np.concatenate([targets, unit(teacher_embeddings(a.extra_outputs, a.extra_data, split) - mean)])
     targets = targets.astype(np.float32)
     model = embedding_model(a, targets.shape[1])
     steps = a.epochs * (len(x) // a.batch_size)
@@ -142,7 +138,8 @@ def main(argv=None) -> dict:
     e_flip = unit(e + unit(model.predict(test[:, :, ::-1], batch_size=128, verbose=0)))
     pairs, _ = pair_metrics(e, {"source": src_test, "label": y_test}, a.data, a.seed)
     result = {"rank1": metrics.rank1(e, y_test), "rank1_flip": metrics.rank1(e_flip, y_test),
-              "teacher_rank1": metrics.rank1(unit(teacher_rows(a.teacher_outputs, src_test, "test") - mean), y_test),
+              "teacher_rank1": metrics.rank1(
+                  unit(teacher_embeddings(a.teacher_outputs, a.data, "test") - mean), y_test),
               **{k: pairs[k] for k in ("pair_acc", "tar_at_far_1e-3") if k in pairs},
               "loss_first": losses[0], "loss_last": losses[-1], "train_images": int(len(x)),
               "seconds": round(time.time() - t0, 1), "args": vars(a)}
