@@ -147,6 +147,27 @@ def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float = 1e-3) -> fl
     return float(tpr[np.flatnonzero(fpr <= far)[-1]])
 
 
+def all_pairs_tar_at_far(emb: np.ndarray, labels: np.ndarray, far: float = 1e-3, max_images: int = 3000,
+                         seed: int = 0) -> tuple[float | None, int, int]:
+    """(TAR at ``far``, same pairs, different pairs) over every pair i < j of the images, the way IJB-style
+    benchmarks count: a few hundred pairs.txt pairs hold too few different pairs for FAR 1e-3 to mean
+    anything. Above ``max_images`` images a seeded subset of them is used (its pairs still number millions).
+    TAR is None without a same pair or with fewer than 10 / ``far`` different pairs (ten false accepts)."""
+    emb = np.asarray(emb, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(labels), size=max_images, replace=False))
+        emb, labels = emb[keep], labels[keep]
+    sq = np.sum(emb * emb, axis=1)
+    i, j = np.triu_indices(len(labels), k=1)
+    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * emb @ emb.T, 0.0))[i, j]
+    same = labels[i] == labels[j]
+    n_same, n_diff = int(same.sum()), int((~same).sum())
+    if n_same == 0 or n_diff < 10 / far:
+        return None, n_same, n_diff
+    return tar_at_far(dist, same, far), n_same, n_diff
+
+
 def balanced_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> list[tuple[int, int, bool]]:
     """``n_pairs // 2`` same-identity and as many different-identity pairs (i < j, no repeats), alternating
     same/different so every contiguous fold is balanced as LFW's are; deterministic by ``seed``.

@@ -148,6 +148,29 @@ def test_tar_at_far():
     assert M.tar_at_far(np.array([0.1, 0.2, 0.3, 0.4, 0.25, 0.9]), np.arange(6) < 4) == pytest.approx(0.5)
 
 
+def test_all_pairs_tar_at_far_matches_every_pair_enumerated():
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(30), 5)                      # 150 images: 300 same, 10,875 different pairs
+    emb = rng.normal(size=(150, 8)) + 2.0 * rng.normal(size=(30, 8))[labels]
+    pairs = [(i, j) for i in range(150) for j in range(i + 1, 150)]
+    a, b = (np.array(x) for x in zip(*pairs))
+    want = M.tar_at_far(M.pair_distances(emb[a], emb[b]), labels[a] == labels[b], 1e-3)
+    tar, n_same, n_diff = M.all_pairs_tar_at_far(emb, labels, 1e-3)
+    assert (n_same, n_diff) == (300, 10_875)
+    assert tar == pytest.approx(want) and 0.0 < tar < 1.0
+    assert M.all_pairs_tar_at_far(emb, labels, 1e-2)[0] >= tar   # a looser FAR accepts at least as many
+
+
+def test_all_pairs_tar_at_far_subset_and_too_few_pairs():
+    labels = np.repeat(np.arange(40), 4)
+    emb = np.eye(40)[labels] + 0.01 * np.random.default_rng(0).normal(size=(160, 40))
+    tar, n_same, n_diff = M.all_pairs_tar_at_far(emb, labels, 1e-3, max_images=150, seed=1)
+    assert n_same + n_diff == 150 * 149 // 2 and tar == pytest.approx(1.0)   # separable identities
+    assert M.all_pairs_tar_at_far(emb, labels, 1e-3, max_images=150, seed=1)[1] == n_same  # seeded subset
+    assert M.all_pairs_tar_at_far(emb[:40], labels[:40], 1e-3)[0] is None   # 720 different pairs < 10 / FAR
+    assert M.all_pairs_tar_at_far(np.eye(200), np.arange(200), 1e-3)[0] is None   # 19,900 different, no same
+
+
 def test_balanced_pairs_counts_labels_determinism():
     labels = np.repeat(np.arange(10), 5)  # 10 ids × 5 images: 10·C(5,2) = 100 same pairs available
     pairs = M.balanced_pairs(labels, 60, seed=3)
@@ -217,3 +240,16 @@ def test_export_evaluates_files_with_the_task_metrics():
         "nrmse": M.nrmse(out["landmarks"][keep], tgt["landmarks"][keep], "interocular")}
     assert tflite.task_metric("verify", {"embedding": out["embedding"]}, tgt) == {
         "rank1": M.rank1(out["embedding"], tgt["label"])}
+
+
+def test_pair_metrics_add_every_pair_tar_beside_the_pairs_ones(tmp_path):
+    from keras_kd.tasks import verification
+    labels = np.repeat(np.arange(30), 5)
+    emb = np.eye(30)[labels] + 0.3 * np.random.default_rng(1).normal(size=(150, 30))
+    tgt = {"label": labels, "source": [f"im{i}.png".encode() for i in range(150)]}
+    m, art = verification.pair_metrics(emb, tgt, str(tmp_path), seed=0)   # no pairs.txt: pairs drawn
+    assert art["pairs_from"] == "generated" and m["pairs"] == 600    # every same pair, as many different
+    assert (m["same_pairs_all"], m["diff_pairs_all"]) == (300, 10_875)
+    assert m["tar_at_far_1e-3_all"] == pytest.approx(M.all_pairs_tar_at_far(emb, labels, 1e-3)[0])
+    few, _ = verification.pair_metrics(emb[:60], {k: v[:60] for k, v in tgt.items()}, str(tmp_path), seed=0)
+    assert "tar_at_far_1e-3_all" not in few and "pair_acc" in few             # 1,650 different pairs: too few

@@ -94,8 +94,9 @@ class Verify(TransferTask):
             out += ([""] if out else []) + [f"## {name} shape: verification rank-1 % (higher is better), {loss}; "
                                             f"teacher {results.cell(results.teacher_of(models, softmax), 'rank1')}", ""]
             out += results.table(["student", "init"] + ab_header(cands), rows)
+        every = ["tar_at_far_1e-3_all"] if any("tar_at_far_1e-3_all" in m.get("metrics", {}) for m in models) else []
         return out + results.per_model_table("Verification metrics per model (higher is better)", models,
-                                             ["rank1", "pair_acc", "tar_at_far_1e-3"])
+                                             ["rank1", "pair_acc", "tar_at_far_1e-3"] + every)
 
     def plots(self, artifacts, out_dir, models=(), data_dir="", cfg=None):
         curves = {n: a["roc"] for n, a in artifacts.items() if "roc" in a}
