@@ -63,10 +63,15 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
             "(pair accuracy on the hidden layer is measured)")
     records, artifacts = [], {}
     for rec in trained["models"]:
-        model = _load(rec, cfg, out_dir)
         ecfg = cfg.replace(image_size=int(rec.get("image_size", cfg.image_size)))
-        with pipeline.naming_bad_records(cfg.eval_data):
-            metrics, art = task.evaluate(model, cfg.eval_data, ecfg)
+        if rec.get("init") == "external":
+            metrics, art = _external(rec, task, ecfg, log), {}
+            if metrics is None:
+                continue
+        else:
+            model = _load(rec, cfg, out_dir)
+            with pipeline.naming_bad_records(cfg.eval_data):
+                metrics, art = task.evaluate(model, cfg.eval_data, ecfg)
         if cfg.task == "classify" and not same_classes:
             metrics.pop("top1", None)
         keras.backend.clear_session()
@@ -83,6 +88,26 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     task.plots(artifacts, os.path.join(out_dir, f"eval_{name}"))
     log(f"[evaluate] wrote {res.path} and {os.path.join(out_dir, f'eval_{name}.md')}")
     return res.data
+
+
+def _external(rec: dict, task, cfg: Config, log: Callable[[str], None]):
+    """A --teacher / --teacher_outputs teacher's metrics on the eval data, as training measured them; None (and
+    a log line) when this run is not given that same teacher, or its file of outputs holds no eval images."""
+    from keras_kd.teachers import external
+    if not (cfg.teacher or cfg.teacher_outputs):
+        log(f"[evaluate] {rec['name']}: left out: a teacher given at training (not saved in --model_dir); "
+            "pass the same --teacher or --teacher_outputs to evaluate it")
+        return None
+    ext = external.ExternalTeacher(cfg)
+    if ext.identity != rec.get("teacher_source"):
+        log(f"[evaluate] {rec['name']}: left out: {ext.path} is not the teacher it was trained with")
+        return None
+    try:
+        with pipeline.naming_bad_records(cfg.eval_data):
+            return ext.evaluate(task, cfg.eval_data, task.batch_config(cfg, training=False))
+    except DataError as e:  # a file of outputs made for other data
+        log(f"[evaluate] {rec['name']}: left out: {e}")
+        return None
 
 
 def _class_names(trained: dict, cfg: Config):

@@ -144,6 +144,19 @@ def test_main_distils_from_a_file_of_teacher_outputs(tmp_path, teacher_file):
     for name in ("student_d8_distill_a0b1", "student_d8_distill_emb_cos"):
         assert models[name]["teacher_source"].startswith("outputs:teacher_outputs.npz:")
         assert np.isfinite(models[name]["metrics"]["rank1"])
+    # --mode=evaluate: the teacher's row from the same file, as training measured it; left out without it.
+    common = ("--task=verify", "--preset=smoke", f"--model_dir={tmp_path}", "--verbose=0", "--mode=evaluate",
+              f"--eval_data={data}", "--cls_inits=label", "--kd=emb_sim", "--ab_grid=0:1", "--transfer_inits=distill",
+              "--methods=emb_cos", "--verify_softmax=off")
+    eval_json = tmp_path / "verify" / f"eval_{data.name}.json"
+    ok(run_main(*common, f"--teacher_outputs={path}"))
+    evaluated = {m["name"]: m for m in json.loads(eval_json.read_text())["models"]}
+    assert evaluated["teacher"]["metrics"] == pytest.approx(models["teacher"]["metrics"])
+    assert evaluated["student_d8_distill_emb_cos"]["metrics"]["rank1"] == \
+        pytest.approx(models["student_d8_distill_emb_cos"]["metrics"]["rank1"])
+    out = ok(run_main(*common))
+    assert "[evaluate] teacher: left out: a teacher given at training" in out
+    assert "teacher" not in {m["name"] for m in json.loads(eval_json.read_text())["models"]}
     # A target the file cannot serve (soft needs logits): refused before anything trains.
     proc = run_main("--task=verify", "--preset=smoke", f"--model_dir={tmp_path}", "--verbose=0", "--noexport",
                     "--cls_inits=label", "--kd=emb_sim", "--ab_grid=1:0", "--transfer_inits=distill",
