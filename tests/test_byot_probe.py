@@ -35,3 +35,19 @@ def test_the_probe_regresses_the_teacher_embedding_and_scores_the_test_split(tmp
     assert 0.0 <= r["rank1"] <= 1.0 and 0.0 <= r["rank1_flip"] <= 1.0
     assert r["teacher_rank1"] >= 0.0 and np.isfinite(r["loss_last"])
     assert r["loss_last"] < 0.8 * r["loss_first"]  # it fits the teacher's directions on its training images
+
+
+def test_mixup_faces_blend_two_people_and_convert(tmp_path):
+    spec = importlib.util.spec_from_file_location("mixup_faces", os.path.join(ROOT, "configs", "mixup_faces.py"))
+    mixup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mixup)
+    images = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 100, 200)])
+    labels = np.array([0, 0, 1])
+    for im, a, b, lam in mixup.blends(images, labels, 20, seed=0):
+        assert labels[a] != labels[b] and 0.2 <= lam <= 0.8
+        assert np.all(im == np.round(lam * images[a, 0, 0, 0] + (1 - lam) * images[b, 0, 0, 0]))
+    d = str(tmp_path / "data")
+    synthetic.write_synthetic(d, 3, 6, 24, seed=0, log=lambda *_: None)
+    meta = mixup.main([f"--data={d}", f"--out={tmp_path / 'mix'}", "--n=30"])
+    assert meta["splits"]["train"] + meta["splits"]["test"] == 30
+    assert len(outputs.data_records(str(tmp_path / "mix"), "train")["source"]) == meta["splits"]["train"]
