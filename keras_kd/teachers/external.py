@@ -276,6 +276,6 @@ def outputs_metrics(task: str, out: dict, tgt: dict, data_dir: str, seed: int) -
     if emb is not None and task in ("classify", "verify"):
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         m["rank1"] = metrics.rank1(emb, tgt["label"])
-        pm, _ = verification.pair_metrics(emb, tgt, data_dir, seed)
+        pm, _ = verification.pair_metrics(emb, tgt, data_dir, seed, every_pair=task == "verify")
         m.update(pm if task == "verify" else {k: v for k, v in pm.items() if k == "pair_acc"})
     return {k: float(v) for k, v in m.items()}
