@@ -51,3 +51,43 @@ def test_mixup_faces_blend_two_people_and_convert(tmp_path):
     meta = mixup.main([f"--data={d}", f"--out={tmp_path / 'mix'}", "--n=30"])
     assert meta["splits"]["train"] + meta["splits"]["test"] == 30
     assert len(outputs.data_records(str(tmp_path / "mix"), "train")["source"]) == meta["splits"]["train"]
+
+
+def test_center_crop_copy_keeps_records_and_restamps_the_teacher_outputs(tmp_path):
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from keras_kd.data.example import DataError, Item, parse_example, shard_paths, write_dataset
+    from keras_kd.keras import tf
+    spec = importlib.util.spec_from_file_location("center_crop_copy", os.path.join(ROOT, "configs", "center_crop_copy.py"))
+    crop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crop)
+    rng = np.random.default_rng(0)
+
+    def png(i):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+    d, out = str(tmp_path / "data"), str(tmp_path / "crop")
+    write_dataset(d, [Item(f"im{i}.png", i % 3, lambda b=png(i): b) for i in range(12)], "tiny", log=lambda *_: None)
+    srcs = {sp: outputs.data_records(d, sp)["source"] for sp in ("train", "test")}
+    sources = np.concatenate([srcs["train"], srcs["test"]]).astype(str)
+    splits = ["train"] * len(srcs["train"]) + ["test"] * len(srcs["test"])
+    emb = rng.normal(size=(len(sources), 4)).astype(np.float32)
+    outputs.save(str(tmp_path / "t.npz"), sources, splits, {"embedding": emb}, d, teacher="random")
+    crop.main([f"--data={d}", f"--out={out}", "--zoom=0.7", f"--teacher_outputs={tmp_path / 't.npz'}"])
+    for sp in ("train", "test"):
+        before = list(tf.data.TFRecordDataset(shard_paths(d, sp)).map(parse_example))
+        after = list(tf.data.TFRecordDataset(shard_paths(out, sp)).map(parse_example))
+        assert [r["source"].numpy() for r in after] == [r["source"].numpy() for r in before]
+        for a, b in zip(before, after):
+            full, mid = tf.io.decode_image(a["image"]).numpy(), tf.io.decode_image(b["image"]).numpy()
+            assert mid.shape == (14, 14, 3) and np.array_equal(mid, full[3:17, 3:17])
+    cache = outputs.load(os.path.join(out, "teacher_outputs.npz"), out, "train")   # accepted for the copy
+    np.testing.assert_array_equal(cache.outputs["embedding"], emb[:len(srcs["train"])])
+    synth = str(tmp_path / "synth")
+    synthetic.write_synthetic(synth, 2, 3, 24, seed=0, log=lambda *_: None)
+    with pytest.raises(DataError, match="landmarks"):
+        crop.main([f"--data={synth}", f"--out={tmp_path / 'no'}"])
