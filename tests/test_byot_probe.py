@@ -61,7 +61,8 @@ def test_center_crop_copy_keeps_records_and_restamps_the_teacher_outputs(tmp_pat
 
     from keras_kd.data.example import DataError, Item, parse_example, shard_paths, write_dataset
     from keras_kd.keras import tf
-    spec = importlib.util.spec_from_file_location("center_crop_copy", os.path.join(ROOT, "configs", "center_crop_copy.py"))
+    path = os.path.join(ROOT, "configs", "center_crop_copy.py")
+    spec = importlib.util.spec_from_file_location("center_crop_copy", path)
     crop = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(crop)
     rng = np.random.default_rng(0)
