@@ -61,11 +61,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     if cfg.task == "classify" and not same_classes:
         log(f"[evaluate] {cfg.eval_data}: other identities than the training data's, so top-1 is left out "
             "(pair accuracy on the hidden layer is measured)")
-    records, artifacts = [], {}
+    records, artifacts, teachers = [], {}, {}
     for rec in trained["models"]:
         ecfg = cfg.replace(image_size=int(rec.get("image_size", cfg.image_size)))
         if rec.get("init") == "external":
-            metrics, art = _external(rec, task, ecfg, log), {}
+            metrics, art = _external(rec, task, ecfg, teachers, log), {}
             if metrics is None:
                 continue
         else:
@@ -90,15 +90,18 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict:
     return res.data
 
 
-def _external(rec: dict, task, cfg: Config, log: Callable[[str], None]):
+def _external(rec: dict, task, cfg: Config, teachers: dict, log: Callable[[str], None]):
     """A --teacher / --teacher_outputs teacher's metrics on the eval data, as training measured them; None (and
-    a log line) when this run is not given that same teacher, or its file of outputs holds no eval images."""
+    a log line) when this run is not given that same teacher, or its file of outputs holds no eval images.
+    `teachers` keeps the loaded teacher (and its file hash) per image size for the task's other teacher rows."""
     from keras_kd.teachers import external
     if not (cfg.teacher or cfg.teacher_outputs):
         log(f"[evaluate] {rec['name']}: left out: a teacher given at training (not saved in --model_dir); "
             "pass the same --teacher or --teacher_outputs to evaluate it")
         return None
-    ext = external.ExternalTeacher(cfg)
+    if cfg.image_size not in teachers:
+        teachers[cfg.image_size] = external.ExternalTeacher(cfg)
+    ext = teachers[cfg.image_size]
     if ext.identity != rec.get("teacher_source"):
         log(f"[evaluate] {rec['name']}: left out: {ext.path} is not the teacher it was trained with")
         return None
