@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from configs.center_crop_copy import middle  # noqa: E402
 from keras_kd import metrics  # noqa: E402
 from keras_kd.data.example import parse_example, shard_paths  # noqa: E402
 from keras_kd.data.pipeline import CROP_RATIO  # noqa: E402
@@ -42,9 +43,7 @@ def load_split(data_dir: str, split: str, resize: int, zoom: float):
     for rec in tf.data.TFRecordDataset(shard_paths(data_dir, split)).map(parse_example):
         im = tf.io.decode_image(rec["image"], channels=3, expand_animations=False)
         if zoom < 1:
-            h, w = int(im.shape[0]), int(im.shape[1])
-            ch, cw = int(round(h * zoom)), int(round(w * zoom))
-            im = im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+            im = middle(im, zoom)
         im = tf.image.resize(im, [resize, resize], antialias=True)
         images.append(tf.cast(tf.clip_by_value(tf.round(im), 0, 255), tf.uint8).numpy())
         labels.append(int(rec["label"]))

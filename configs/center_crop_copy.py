@@ -24,17 +24,22 @@ from keras_kd.keras import tf  # noqa: E402
 from keras_kd.teachers import outputs  # noqa: E402
 
 
+def middle(im, zoom: float):
+    """The middle `zoom` fraction of an image [H, W, C] (numpy array or tensor); the probe's --zoom too."""
+    h, w = int(im.shape[0]), int(im.shape[1])
+    ch, cw = int(round(h * zoom)), int(round(w * zoom))
+    return im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+
+
 def crop_example(raw: bytes, zoom: float) -> bytes:
     ex = tf.train.Example.FromString(raw)
     f = ex.features.feature
     if f["image/has_landmarks"].int64_list.value and f["image/has_landmarks"].int64_list.value[0]:
         raise DataError("center_crop_copy: records with landmarks are not supported (they would have to move)")
     im = tf.io.decode_image(f["image/encoded"].bytes_list.value[0], channels=3, expand_animations=False).numpy()
-    h, w = im.shape[:2]
-    ch, cw = int(round(h * zoom)), int(round(w * zoom))
-    crop = im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+    crop = middle(im, zoom)
     f["image/encoded"].bytes_list.value[0] = tf.io.encode_png(crop).numpy()
-    f["image/height"].int64_list.value[0], f["image/width"].int64_list.value[0] = ch, cw
+    f["image/height"].int64_list.value[0], f["image/width"].int64_list.value[0] = crop.shape[:2]
     return ex.SerializeToString()
 
 
