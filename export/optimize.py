@@ -15,7 +15,8 @@ What tfmot supports in these models (measured with tfmot 0.8.1, tf_keras 2.21):
   ``landmarks_units``, the mobile trunks' input scaling), UnitNormalization (the embedding), PReLU
   (MobileFaceNet) and Multiply (MobileNetV3's hard-swish and squeeze-excite). Those get
   ``OutputQuantizeConfig``: their output quantized, their math (and PReLU's slopes) float during
-  training; the converter then quantizes them as MUL/ADD, PRELU, L2_NORMALIZATION.
+  training; the converter then quantizes them as MUL/ADD, MUL + MAXIMUM, L2_NORMALIZATION (PReLU enters
+  QAT as ``saved_model.MaxPReLU``, the same function in ops LiteRT runs fast in int8).
 - MobileNetV3's hard-sigmoid is built by keras.applications as ``ReLU6(x + 3) * (1/6)`` whose scalar
   ``+``/``*`` are TFOpLambda layers: tfmot cannot even wrap those (quantize_apply fails rebuilding the
   model: "'list' object has no attribute 'dtype'"), so they are left unannotated. They stay float during
@@ -132,6 +133,7 @@ def quantize_aware(model: keras.Model, arch: str = "") -> Tuple[keras.Model, lis
     OutputQuantizeConfig and those left float (see the module docstring). ``arch`` names the
     architecture in errors."""
     check_quantizable(model, arch)
+    model = saved_model.prelu_as_max(model)  # as post-training int8: no PRELU op in the file
     output_only, left_float = [], []
 
     def annotate(layer):
@@ -145,7 +147,7 @@ def quantize_aware(model: keras.Model, arch: str = "") -> Tuple[keras.Model, lis
 
     try:
         annotated = keras.models.clone_model(model, clone_function=annotate)  # wraps model's own layers
-        with qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
+        with qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig, "MaxPReLU": saved_model.MaxPReLU}):
             return qk.quantize_apply(annotated), output_only, left_float
     except Exception as e:  # noqa: BLE001  one line, whatever tfmot raised (it names the layer)
         first = (str(e).strip().splitlines() or [""])[0][:300]

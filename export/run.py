@@ -58,6 +58,9 @@ from export.saved_model import ExportError
 FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in tflite.KINDS)
 DEFAULT_FORMATS = FORMATS
 EXPORT_FILE = "export.json"
+# Bumped when the same checkpoint and options would give other files, so that older exports are not reused.
+# 2: PReLU traced as max(x, α·x) (saved_model.MaxPReLU).
+EXPORTER_VERSION = 2
 VERIFY_SAMPLES = 8
 
 def run(runner: Runner, task: str, models: Optional[Sequence[str]] = None,
@@ -66,8 +69,8 @@ def run(runner: Runner, task: str, models: Optional[Sequence[str]] = None,
         update_results: bool = True, overwrite: bool = False) -> Dict[str, dict]:
     """Exports ``models`` of ``task`` (default: ``default_models``) and returns {name: export record}.
 
-    Each model is reused when its export.json records the same checkpoint (sha256) and options, unless
-    ``overwrite``. With ``update_results`` the records are merged into results.json/results.md.
+    Each model is reused when its export.json records the same checkpoint (sha256), options and
+    EXPORTER_VERSION, unless ``overwrite``. With ``update_results`` the records are merged into results.json/results.md.
     Raises ExportError (bad checkpoint, mismatching export; optimize.OptimizeError is one) or DataError.
     """
     bad = [f for f in formats if f not in FORMATS]
@@ -292,15 +295,15 @@ def _export_one(runner: Runner, task: str, name: str, options: dict, overwrite: 
     sha = io.sha256_file(weights)
     previous = _read_json(os.path.join(export_dir, EXPORT_FILE))
     if previous and not overwrite and previous.get("weights_sha256") == sha and previous.get("options") == options \
-            and all(os.path.exists(p) for p in _paths(previous)):
-        log(f"[export] {task}/{name}: reusing {export_dir} (same checkpoint and options)")
+            and previous.get("exporter") == EXPORTER_VERSION and all(os.path.exists(p) for p in _paths(previous)):
+        log(f"[export] {task}/{name}: reusing {export_dir} (same checkpoint, options and exporter)")
         return _add_latency(previous, os.path.join(export_dir, EXPORT_FILE))
     data_dir = runner.data_dir(task)
     os.makedirs(base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=base)
     try:
         record = _build(runner, task, name, model, stage, data_dir, staging, options)
-        record.update(weights=weights, weights_sha256=sha, options=options)
+        record.update(weights=weights, weights_sha256=sha, options=options, exporter=EXPORTER_VERSION)
         io.write_json(os.path.join(staging, EXPORT_FILE), _relocate(record, staging, export_dir))
         _install(staging, export_dir, options)
     finally:

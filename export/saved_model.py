@@ -32,6 +32,7 @@ import json
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from absl import logging
 
 from keras_kd.data import pipeline
 from keras_kd.keras import keras, tf
@@ -62,18 +63,49 @@ def input_scale(hw, resize: int):
     return tf.reshape(tf.stack([hw[..., 1], hw[..., 0]], axis=-1), [-1, 1, 2]) / float(resize)
 
 
+class MaxPReLU(keras.layers.PReLU):
+    """PReLU computed as max(x, α·x): the same function while every slope α ≤ 1, in ops (MUL, MAXIMUM) that
+    LiteRT's XNNPACK delegate runs in int8. It has no int8 PRELU kernel: each PRELU split the graph and ran
+    on the reference kernel, which made MobileFaceNet's int8 file 10-20× slower than with this layer
+    (bench/RESULTS.md section 8)."""
+
+    def call(self, inputs):
+        return tf.maximum(inputs, inputs * self.alpha)
+
+
+def prelu_as_max(model: keras.Model) -> keras.Model:
+    """``model`` itself when it has no PReLU layer; else a copy with the same weights whose PReLU layers are
+    MaxPReLU, except any with a slope above 1 (max(x, α·x) would differ there: it keeps TFLite's PRELU)."""
+    prelus = [layer for layer in model.layers if type(layer) is keras.layers.PReLU]
+    if not prelus:
+        return model
+    steep = {layer.name for layer in prelus if float(np.max(layer.get_weights()[0])) > 1.0}
+    if steep:
+        logging.warning("export: %d PReLU layer(s) of %s have a slope above 1 and stay TFLite PRELU ops, "
+                        "which LiteRT runs slowly in int8: %s", len(steep), model.name, ", ".join(sorted(steep)))
+
+    def clone(layer):
+        cls = MaxPReLU if type(layer) is keras.layers.PReLU and layer.name not in steep else type(layer)
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 class ServingModule(tf.Module):
     """The student network between the pre-processing and the named, post-processed outputs.
 
     The Keras model is held untracked and only its variables are tracked: tracking the model would make
     tf.saved_model.save trace and serialize every layer's call for Keras (32 s instead of 3 s for a /8
-    student, measured), which TF Serving never uses.
+    student, measured), which TF Serving never uses. PReLU layers are traced as MaxPReLU (prelu_as_max).
     """
 
     def __init__(self, model: keras.Model, task: str, image_size: int):
         super().__init__(name="serving")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+        model = prelu_as_max(model)
         self.model_variables = list(model.variables)
         object.__setattr__(self, "_keras_model", model)  # not tracked, see the class docstring
         self.task, self.size = task, int(image_size)

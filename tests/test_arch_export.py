@@ -67,6 +67,11 @@ def _dir(runner, arch):
     return Path(runner.cfg.model_dir) / TASK / "export" / STUDENTS[arch]
 
 
+def _ops(path) -> set:
+    from ai_edge_litert.interpreter import Interpreter
+    return {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(STUDENTS))
 def test_stage_record_and_savedmodel_match_keras(runner, exports, arch):
@@ -106,6 +111,8 @@ def test_every_tflite_format_runs_in_litert(runner, exports, arch):
     assert abs(rec["tflite_fp32"]["rank1"] - rec["keras"]["rank1"]) <= 1 / n_test + 1e-9
     assert rec["tflite_int8"]["max_abs_diff"] <= INT8_OUTPUT_TOL, rec["tflite_int8"]
     assert rec["tflite_int8"]["size_bytes"] < 0.4 * rec["tflite_fp32"]["size_bytes"]
+    for kind in ("int8", "qat_int8"):  # no PRELU op, which LiteRT's XNNPACK delegate does not run in int8
+        assert "PRELU" not in _ops(_dir(runner, arch) / "tflite" / f"model_{kind}.tflite"), kind
     assert rec["tflite_fp16"]["size_bytes"] < 0.6 * rec["tflite_fp32"]["size_bytes"]
 
 
@@ -178,6 +185,31 @@ def test_mobilenet_v3_large_is_quantization_aware_like_small():
 
 
 # ---------------------------------------------------------------------------------------- fast units
+
+def test_prelu_is_exported_as_max_with_the_same_outputs():
+    """MobileFaceNet's PReLU layers trace as max(x, α·x) (saved_model.MaxPReLU: no int8 PRELU op in LiteRT's
+    XNNPACK) with the same outputs for slopes ≤ 1, negative ones too; a layer with a slope above 1, where
+    the two differ, stays PReLU; a network without PReLU is not copied."""
+    from export import saved_model
+    from keras_kd.keras import keras
+    from keras_kd.models import archs
+    model = archs.build_model("mobilefacenet", 1, 32, 8, ("embedding",), name="student")
+    prelus = [layer for layer in model.layers if type(layer) is keras.layers.PReLU]
+    rng = np.random.default_rng(0)
+    for layer in prelus:
+        layer.set_weights([rng.uniform(-0.5, 1.0, layer.get_weights()[0].shape).astype(np.float32)])
+    steep = prelus[3]
+    steep.set_weights([np.full(steep.get_weights()[0].shape, 1.5, np.float32)])
+    copy = saved_model.prelu_as_max(model)
+    kinds = {layer.name: type(layer).__name__ for layer in copy.layers if isinstance(layer, keras.layers.PReLU)}
+    assert kinds.pop(steep.name) == "PReLU" and len(kinds) == 32 and set(kinds.values()) == {"MaxPReLU"}
+    x = rng.uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    want, got = model(x, training=False), copy(x, training=False)
+    for key in want:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6)
+    resnet = archs.build_model("resnet50", 8, 32, 8, name="student", blocks=(1, 1, 1, 1))
+    assert saved_model.prelu_as_max(resnet) is resnet
+
 
 def test_qat_unsupported_layer_is_one_line_error_before_any_export(monkeypatch, tmp_path):
     """The heatmap landmark head's SoftArgmax is a custom layer tfmot has no recipe for: export.run with

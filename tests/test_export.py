@@ -223,6 +223,27 @@ def test_qat_and_pruning_produce_evaluated_tflite(runner, exports):
     assert pruned["gzip_bytes"] < 0.85 * pruned["dense_gzip_bytes"]
 
 
+@pytest.mark.slow
+def test_an_export_is_reused_only_from_the_same_exporter(runner, exports):
+    """The same checkpoint and options again: the files are reused; an export.json of another exporter
+    version (one before a change that gives other files, e.g. PReLU traced as max) is made anew."""
+    import export
+    from export.run import EXPORTER_VERSION
+    meta = _export_dir(runner, "verify") / "export.json"
+
+    def again():
+        return export.run(runner, "verify", [STUDENT["verify"]], formats=("saved_model", "tflite_fp32", "tflite_int8"),
+                          representative_samples=32, update_results=False)
+
+    before = meta.stat().st_mtime_ns
+    assert again()[STUDENT["verify"]]["exporter"] == EXPORTER_VERSION and meta.stat().st_mtime_ns == before
+    old = json.loads(meta.read_text())
+    old.pop("exporter")
+    meta.write_text(json.dumps(old))
+    assert again()[STUDENT["verify"]]["exporter"] == EXPORTER_VERSION
+    assert json.loads(meta.read_text())["exporter"] == EXPORTER_VERSION
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 @pytest.mark.slow
