@@ -133,7 +133,9 @@ def quantize_aware(model: keras.Model, arch: str = "") -> Tuple[keras.Model, lis
     OutputQuantizeConfig and those left float (see the module docstring). ``arch`` names the
     architecture in errors."""
     check_quantizable(model, arch)
-    model = saved_model.prelu_as_max(model)  # as post-training int8: no PRELU op in the file
+    # PReLU as MaxPReLU, as post-training int8 (no PRELU op); hard-swish needs no rewrite here: QAT quantizes
+    # its Multiply's output, which already keeps the converter from fusing it into HARD_SWISH.
+    model = saved_model.int8_ops(model, hard_swish=False)
     output_only, left_float = [], []
 
     def annotate(layer):

@@ -73,11 +73,53 @@ class MaxPReLU(keras.layers.PReLU):
         return tf.maximum(inputs, inputs * self.alpha)
 
 
-def prelu_as_max(model: keras.Model) -> keras.Model:
-    """``model`` itself when it has no PReLU layer; else a copy with the same weights whose PReLU layers are
-    MaxPReLU, except any with a slope above 1 (max(x, α·x) would differ there: it keeps TFLite's PRELU)."""
+class HardSwish(keras.layers.Multiply):
+    """keras.applications' hard-swish, Multiply([x, relu6(x + 3) · 1/6]), computed as x · min(relu(x/6 + 1/2), 1)
+    from x alone (the second input is left unused; the two differ by float rounding only). The converter fuses
+    the first into HARD_SWISH, which XNNPACK does not run in int8 (the reference kernel: about 0.5 ms per op on
+    a 56×56×48 map); this one stays MUL, ADD and MINIMUM, which it does. Written as relu(x + 3) · 1/6 (bit-equal
+    to the original) it ran 1.7× slower in int8 (bench/RESULTS.md section 8)."""
+
+    def _merge_function(self, inputs):
+        x = inputs[0]
+        return x * tf.minimum(tf.nn.relu(x * (1.0 / 6.0) + 0.5), 1.0)
+
+
+def _inbound(layer) -> list:
+    return [l for node in layer.inbound_nodes for l in tf.nest.flatten(node.inbound_layers)]
+
+
+def _op_constant(layer, function: str):
+    """The constant operand of a TFOpLambda layer calling ``function`` on one tensor, else None."""
+    if type(layer).__name__ != "TFOpLambda" or layer.get_config().get("function") != function \
+            or len(layer.inbound_nodes) != 1:
+        return None
+    args = layer.inbound_nodes[0].call_args
+    return args[1] if len(args) == 2 and isinstance(args[1], float) else None
+
+
+def is_hard_swish(layer) -> bool:
+    """Whether ``layer`` is the Multiply of keras.applications' hard_swish(x): x · (ReLU(6)(x + 3) · 1/6)."""
+    if type(layer) is not keras.layers.Multiply or len(layer.inbound_nodes) != 1:
+        return False
+    ins = _inbound(layer)
+    if len(ins) != 2 or _op_constant(ins[1], "math.multiply") != 1.0 / 6.0:
+        return False
+    relu = _inbound(ins[1])[0]
+    if not isinstance(relu, keras.layers.ReLU) or relu.max_value is None or float(relu.max_value) != 6.0:
+        return False
+    add = _inbound(relu)[0]
+    return _op_constant(add, "__operators__.add") == 3.0 and _inbound(add) == [ins[0]]
+
+
+def int8_ops(model: keras.Model, hard_swish: bool = True) -> keras.Model:
+    """``model`` itself when it has nothing to rewrite; else a copy with the same weights and outputs whose
+    PReLU layers are MaxPReLU and (with ``hard_swish``) whose hard-swish Multiply layers are HardSwish: the
+    same functions in ops LiteRT runs fast in int8. A PReLU with a slope above 1, where max(x, α·x) would
+    differ, stays PReLU."""
     prelus = [layer for layer in model.layers if type(layer) is keras.layers.PReLU]
-    if not prelus:
+    swishes = {layer.name for layer in model.layers if hard_swish and is_hard_swish(layer)}
+    if not prelus and not swishes:
         return model
     steep = {layer.name for layer in prelus if float(np.max(layer.get_weights()[0])) > 1.0}
     if steep:
@@ -85,7 +127,11 @@ def prelu_as_max(model: keras.Model) -> keras.Model:
                         "which LiteRT runs slowly in int8: %s", len(steep), model.name, ", ".join(sorted(steep)))
 
     def clone(layer):
-        cls = MaxPReLU if type(layer) is keras.layers.PReLU and layer.name not in steep else type(layer)
+        cls = type(layer)
+        if cls is keras.layers.PReLU and layer.name not in steep:
+            cls = MaxPReLU
+        elif layer.name in swishes:
+            cls = HardSwish
         return cls.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
@@ -98,14 +144,14 @@ class ServingModule(tf.Module):
 
     The Keras model is held untracked and only its variables are tracked: tracking the model would make
     tf.saved_model.save trace and serialize every layer's call for Keras (32 s instead of 3 s for a /8
-    student, measured), which TF Serving never uses. PReLU layers are traced as MaxPReLU (prelu_as_max).
+    student, measured), which TF Serving never uses. It traces ``int8_ops(model)``.
     """
 
     def __init__(self, model: keras.Model, task: str, image_size: int):
         super().__init__(name="serving")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-        model = prelu_as_max(model)
+        model = int8_ops(model)
         self.model_variables = list(model.variables)
         object.__setattr__(self, "_keras_model", model)  # not tracked, see the class docstring
         self.task, self.size = task, int(image_size)

@@ -111,8 +111,8 @@ def test_every_tflite_format_runs_in_litert(runner, exports, arch):
     assert abs(rec["tflite_fp32"]["rank1"] - rec["keras"]["rank1"]) <= 1 / n_test + 1e-9
     assert rec["tflite_int8"]["max_abs_diff"] <= INT8_OUTPUT_TOL, rec["tflite_int8"]
     assert rec["tflite_int8"]["size_bytes"] < 0.4 * rec["tflite_fp32"]["size_bytes"]
-    for kind in ("int8", "qat_int8"):  # no PRELU op, which LiteRT's XNNPACK delegate does not run in int8
-        assert "PRELU" not in _ops(_dir(runner, arch) / "tflite" / f"model_{kind}.tflite"), kind
+    for kind in ("int8", "qat_int8"):  # ops LiteRT's XNNPACK delegate does not run in int8 (bench/RESULTS.md)
+        assert not {"PRELU", "HARD_SWISH"} & _ops(_dir(runner, arch) / "tflite" / f"model_{kind}.tflite"), kind
     assert rec["tflite_fp16"]["size_bytes"] < 0.6 * rec["tflite_fp32"]["size_bytes"]
 
 
@@ -189,7 +189,7 @@ def test_mobilenet_v3_large_is_quantization_aware_like_small():
 def test_prelu_is_exported_as_max_with_the_same_outputs():
     """MobileFaceNet's PReLU layers trace as max(x, α·x) (saved_model.MaxPReLU: no int8 PRELU op in LiteRT's
     XNNPACK) with the same outputs for slopes ≤ 1, negative ones too; a layer with a slope above 1, where
-    the two differ, stays PReLU; a network without PReLU is not copied."""
+    the two differ, stays PReLU; a network with nothing to rewrite is not copied."""
     from export import saved_model
     from keras_kd.keras import keras
     from keras_kd.models import archs
@@ -200,7 +200,7 @@ def test_prelu_is_exported_as_max_with_the_same_outputs():
         layer.set_weights([rng.uniform(-0.5, 1.0, layer.get_weights()[0].shape).astype(np.float32)])
     steep = prelus[3]
     steep.set_weights([np.full(steep.get_weights()[0].shape, 1.5, np.float32)])
-    copy = saved_model.prelu_as_max(model)
+    copy = saved_model.int8_ops(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers if isinstance(layer, keras.layers.PReLU)}
     assert kinds.pop(steep.name) == "PReLU" and len(kinds) == 32 and set(kinds.values()) == {"MaxPReLU"}
     x = rng.uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
@@ -208,7 +208,33 @@ def test_prelu_is_exported_as_max_with_the_same_outputs():
     for key in want:
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6)
     resnet = archs.build_model("resnet50", 8, 32, 8, name="student", blocks=(1, 1, 1, 1))
-    assert saved_model.prelu_as_max(resnet) is resnet
+    assert saved_model.int8_ops(resnet) is resnet
+
+
+def test_hard_swish_is_exported_unfused_with_the_same_outputs():
+    """MobileNetV3's hard-swish Multiply layers (not its squeeze-excite ones) trace as x·min(relu(x/6 + 1/2), 1)
+    (saved_model.HardSwish: the converter's fused HARD_SWISH has no int8 kernel in XNNPACK), the same
+    outputs up to float rounding."""
+    from export import saved_model
+    from keras_kd.keras import keras
+    from keras_kd.models import archs
+    model = archs.build_model("mobilenet_v3_small", 1, 32, 8, ("embedding",), name="student")
+    x = np.random.default_rng(0).uniform(0, 1, (8, 32, 32, 3)).astype(np.float32)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # moving statistics from a batch, so the activations span hard-swish's bends
+    model(x, training=True)
+    multiplies = [layer for layer in model.layers if isinstance(layer, keras.layers.Multiply)]
+    swishes = {layer.name for layer in multiplies if saved_model.is_hard_swish(layer)}
+    assert swishes and all(not n.endswith("squeeze_excite/Mul") for n in swishes)
+    assert len(swishes) == sum(not layer.name.endswith("squeeze_excite/Mul") for layer in multiplies)
+    copy = saved_model.int8_ops(model)
+    assert {layer.name for layer in copy.layers if type(layer).__name__ == "HardSwish"} == swishes
+    want, got = model(x, training=False), copy(x, training=False)
+    for key in want:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-4, atol=1e-5)  # rounding
+    qat_copy = saved_model.int8_ops(model, hard_swish=False)  # what QAT takes (optimize.quantize_aware)
+    assert not any(type(layer).__name__ == "HardSwish" for layer in qat_copy.layers)
 
 
 def test_qat_unsupported_layer_is_one_line_error_before_any_export(monkeypatch, tmp_path):
