@@ -240,10 +240,14 @@ def load_stage(runner: Runner, task: str, name: str):
         raise ExportError(f"{record_path}: stage record missing (the stage did not finish)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ExportError(f"{record_path}: unreadable stage record ({e})") from None
-    want = {"image_size": runner.cfg.image_size, "num_classes": runner.num_classes}
+    # The data too: an export evaluates its files and calibrates int8 on it (e.g. a run of synthetic faces
+    # version 1, exported after version 2 came: its config.json's "synthetic" now means version 2).
+    want = {"image_size": runner.cfg.image_size, "num_classes": runner.num_classes,
+            "data": record.get("data") and runner.meta(task)["name"]}  # a record without "data" is not checked
     diff = [f"{k}={record.get(k)} (now {v})" for k, v in want.items() if record.get(k) != v]
     if diff:
-        raise ExportError(f"{record_path}: saved with {', '.join(diff)}")
+        hint = " (pass --data=DIR of the data it was trained on)" if want["data"] != record.get("data") else ""
+        raise ExportError(f"{record_path}: saved with {', '.join(diff)}{hint}")
     stage = runner.plan(task).get(name) or Stage(
         task, name, int(record["width_divisor"]), str(record.get("init", "")), int(record.get("epochs", 1)),
         runner.cfg.lr_init, softmax=bool(record.get("softmax", False)), arch=record.get("arch", archs.DEFAULT),

@@ -272,6 +272,28 @@ def test_corrupt_checkpoint_cli_one_line_and_no_partial_dir(runner, tmp_path):
     assert not export_dir.exists() or not any(export_dir.iterdir())
 
 
+@pytest.mark.slow
+def test_stage_of_other_data_is_refused_before_any_export(runner, tmp_path):
+    """A stage trained on other data than the export's (e.g. synthetic faces version 1, exported once
+    "synthetic" means version 2) would have its files evaluated and int8-calibrated on the wrong images."""
+    import export
+    from keras_kd.stages import Runner
+    src = Path(runner.cfg.model_dir) / "classify" / "stages"
+    stages = tmp_path / "classify" / "stages"
+    stages.mkdir(parents=True)
+    shutil.copy(src / "student_d8_label.weights.h5", stages)
+    record = json.loads((src / "student_d8_label.json").read_text())
+    assert record["data"] == runner.meta("classify")["name"]
+    record["data"] = "synthetic-faces-60x80-56px-seed0"
+    (stages / "student_d8_label.json").write_text(json.dumps(record))
+    other = Runner(runner.cfg.replace(model_dir=str(tmp_path), data=runner.data_dir("classify")),
+                   log=lambda s: None)
+    with pytest.raises(export.ExportError, match=r"student_d8_label\.json: saved with "
+                       r"data=synthetic-faces-60x80-56px-seed0 \(now .+\) \(pass --data=DIR"):
+        export.run(other, "classify", ["student_d8_label"], update_results=False)
+    assert not (tmp_path / "classify" / "export").exists()
+
+
 # ---------------------------------------------------------------------------------------- fast units
 
 def test_rest_predict_formats_and_b64():
