@@ -66,8 +66,8 @@ def input_scale(hw, resize: int):
 class MaxPReLU(keras.layers.PReLU):
     """PReLU computed as max(x, α·x): the same function while every slope α ≤ 1, in ops (MUL, MAXIMUM) that
     LiteRT's XNNPACK delegate runs in int8. It has no int8 PRELU kernel: each PRELU split the graph and ran
-    on the reference kernel, which made MobileFaceNet's int8 file 10-20× slower than with this layer
-    (bench/RESULTS.md section 8)."""
+    on the reference kernel, which made MobileFaceNet's int8 file 14× slower than with this layer
+    (bench.int8_ops, bench/RESULTS.md section 9)."""
 
     def call(self, inputs):
         return tf.maximum(inputs, inputs * self.alpha)
@@ -76,9 +76,9 @@ class MaxPReLU(keras.layers.PReLU):
 class HardSwish(keras.layers.Multiply):
     """keras.applications' hard-swish, Multiply([x, relu6(x + 3) · 1/6]), computed as x · min(relu(x/6 + 1/2), 1)
     from x alone (the second input is left unused; the two differ by float rounding only). The converter fuses
-    the first into HARD_SWISH, which XNNPACK does not run in int8 (the reference kernel: about 0.5 ms per op on
-    a 56×56×48 map); this one stays MUL, ADD and MINIMUM, which it does. Written as relu(x + 3) · 1/6 (bit-equal
-    to the original) it ran 1.7× slower in int8 (bench/RESULTS.md section 8)."""
+    the first into HARD_SWISH, which XNNPACK does not run in int8 (it runs on the reference kernel); this one
+    stays MUL, ADD and MINIMUM, which it does. Written as relu(x + 3) · 1/6 (bit-equal to the original) it ran
+    1.7-2× slower in int8 (bench.int8_ops, bench/RESULTS.md section 9)."""
 
     def _merge_function(self, inputs):
         x = inputs[0]
