@@ -59,7 +59,7 @@ FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in tflite.KINDS)
 DEFAULT_FORMATS = FORMATS
 EXPORT_FILE = "export.json"
 # Bumped when the same checkpoint and options would give other files, so that older exports are not reused.
-# 2: PReLU traced as max(x, α·x) (saved_model.MaxPReLU).
+# 2: PReLU as max(x, α·x), MobileNetV3's hard-swish unfused (saved_model.int8_ops).
 EXPORTER_VERSION = 2
 VERIFY_SAMPLES = 8
 
@@ -70,7 +70,8 @@ def run(runner: Runner, task: str, models: Optional[Sequence[str]] = None,
     """Exports ``models`` of ``task`` (default: ``default_models``) and returns {name: export record}.
 
     Each model is reused when its export.json records the same checkpoint (sha256), options and
-    EXPORTER_VERSION, unless ``overwrite``. With ``update_results`` the records are merged into results.json/results.md.
+    EXPORTER_VERSION, unless ``overwrite``. With ``update_results`` the records are merged into
+    results.json/results.md.
     Raises ExportError (bad checkpoint, mismatching export; optimize.OptimizeError is one) or DataError.
     """
     bad = [f for f in formats if f not in FORMATS]

@@ -23,7 +23,9 @@ pixel coordinates of the image that was passed in (crop and resize undone; for s
 pixels); verify → ``embedding`` [N, D], unit length.
 
 Only TensorFlow ops are in the graph: the SavedModel loads with ``tf.saved_model.load`` (as TF Serving
-does) without keras_kd or Keras installed.
+does) without keras_kd or Keras installed. The network is traced as ``int8_ops(model)``: PReLU and
+MobileNetV3's hard-swish written as the same functions in ops LiteRT runs in int8 (the .tflite files are
+converted from this graph).
 """
 from __future__ import annotations
 
