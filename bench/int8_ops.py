@@ -10,7 +10,7 @@ student (export.saved_model.save → export.tflite.convert, full int8 calibrated
 with export's own latency (1 thread, the default XNNPACK delegate, median of --runs calls), fp32 beside it.
 The converter fuses some forms into one op (PRELU, HARD_SWISH) that XNNPACK has no int8 kernel for: such an
 op runs on the reference kernel, between delegated partitions. ``export`` marks the form the exporter writes
-(export.saved_model.int8_ops). Each form is checked against its reference in float before it is timed.
+(export.int8_ops). Each form is checked against its reference in float before it is timed.
 The students are bench.archs' (freshly built, PReLU slopes 0.25), converted by bench.archs.lite.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from bench import archs, common
 from bench.export_latency import lite_latency
-from export import saved_model, tflite
+from export import int8_ops as rewrites, saved_model, tflite
 from keras_kd.keras import keras, tf
 
 CHANNELS, BLOCKS, SLOPE = 48, 6, 0.25  # SLOPE: PReLU's, the reference implementations' initial value
@@ -48,7 +48,7 @@ def _hswish_exact(x):  # bit-equal to _hswish
     return x * tf.minimum(tf.nn.relu(x + 3.0) * (1.0 / 6.0), 1.0)
 
 
-def _hswish_export(x):  # export.saved_model.HardSwish
+def _hswish_export(x):  # export.int8_ops.HardSwish
     return x * tf.minimum(tf.nn.relu(x * (1.0 / 6.0) + 0.5), 1.0)
 
 
@@ -68,7 +68,7 @@ class Slope(keras.layers.Layer):
 
 
 class KerasPReLU(keras.layers.PReLU):
-    """keras.layers.PReLU's own math (the converter writes PRELU); a subclass, which int8_ops leaves as it is."""
+    """keras.layers.PReLU's own math (the converter writes PRELU); a subclass, which the export leaves as it is."""
 
 
 # form: (layer factory, its name in the table, what it must equal, whether export writes it)
@@ -76,7 +76,7 @@ FORMS: Dict[str, tuple] = {
     "relu": (lambda: keras.layers.ReLU(), "ReLU (the reference)", None, False),
     "prelu": (lambda: KerasPReLU(keras.initializers.Constant(SLOPE), shared_axes=[1, 2]),
               "PReLU (Keras)", None, False),
-    "prelu_max": (lambda: saved_model.MaxPReLU(keras.initializers.Constant(SLOPE), shared_axes=[1, 2]),
+    "prelu_max": (lambda: rewrites.MaxPReLU(keras.initializers.Constant(SLOPE), shared_axes=[1, 2]),
                   "max(x, α·x)", "prelu", True),
     "prelu_lin": (lambda: Slope(_prelu_lin), "α·x + (1 − α)·relu(x)", "prelu", False),
     "prelu_neg": (lambda: Slope(_prelu_neg), "relu(x) − α·relu(−x)", "prelu", False),
@@ -130,13 +130,13 @@ def measure(form: str, size: int, runs: int, tmp: str, x: np.ndarray) -> dict:
 
 @contextlib.contextmanager
 def without_rewrites():
-    """export as it was before int8_ops: the network traced as it is."""
-    rewrite = saved_model.int8_ops
-    saved_model.int8_ops = lambda model, hard_swish=True: model
+    """export as it was before export.int8_ops: the network traced as it is."""
+    rewrite = rewrites.rewrite
+    rewrites.rewrite = lambda model, hard_swish=True: model
     try:
         yield
     finally:
-        saved_model.int8_ops = rewrite
+        rewrites.rewrite = rewrite
 
 
 def students(size: int, runs: int, rounds: int, tmp: str) -> list:

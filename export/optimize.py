@@ -16,7 +16,7 @@ What tfmot supports in these models (measured with tfmot 0.8.1, tf_keras 2.21):
   (MobileFaceNet) and Multiply (MobileNetV3's hard-swish and squeeze-excite). Those get
   ``OutputQuantizeConfig``: their output quantized, their math (and PReLU's slopes) float during
   training; the converter then quantizes them as MUL/ADD, MUL + MAXIMUM, L2_NORMALIZATION (PReLU enters
-  QAT as ``saved_model.MaxPReLU``, the same function in ops LiteRT runs fast in int8).
+  QAT as ``int8_ops.MaxPReLU``, the same function in ops LiteRT runs fast in int8).
 - MobileNetV3's hard-sigmoid is built by keras.applications as ``ReLU6(x + 3) * (1/6)`` whose scalar
   ``+``/``*`` are TFOpLambda layers: tfmot cannot even wrap those (quantize_apply fails rebuilding the
   model: "'list' object has no attribute 'dtype'"), so they are left unannotated. They stay float during
@@ -39,7 +39,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from export import saved_model
+from export import int8_ops, saved_model
 from export.saved_model import ExportError
 from keras_kd import training
 from keras_kd.config import Config
@@ -135,7 +135,7 @@ def quantize_aware(model: keras.Model, arch: str = "") -> Tuple[keras.Model, lis
     check_quantizable(model, arch)
     # PReLU as MaxPReLU, as post-training int8 (no PRELU op); hard-swish needs no rewrite here: QAT quantizes
     # its Multiply's output, which already keeps the converter from fusing it into HARD_SWISH.
-    model = saved_model.int8_ops(model, hard_swish=False)
+    model = int8_ops.rewrite(model, hard_swish=False)
     output_only, left_float = [], []
 
     def annotate(layer):
@@ -149,7 +149,7 @@ def quantize_aware(model: keras.Model, arch: str = "") -> Tuple[keras.Model, lis
 
     try:
         annotated = keras.models.clone_model(model, clone_function=annotate)  # wraps model's own layers
-        with qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig, "MaxPReLU": saved_model.MaxPReLU}):
+        with qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig, "MaxPReLU": int8_ops.MaxPReLU}):
             return qk.quantize_apply(annotated), output_only, left_float
     except Exception as e:  # noqa: BLE001  one line, whatever tfmot raised (it names the layer)
         first = (str(e).strip().splitlines() or [""])[0][:300]

@@ -59,7 +59,7 @@ FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in tflite.KINDS)
 DEFAULT_FORMATS = FORMATS
 EXPORT_FILE = "export.json"
 # Bumped when the same checkpoint and options would give other files, so that older exports are not reused.
-# 2: PReLU as max(x, α·x), MobileNetV3's hard-swish unfused (saved_model.int8_ops).
+# 2: PReLU as max(x, α·x), MobileNetV3's hard-swish unfused (export.int8_ops).
 EXPORTER_VERSION = 2
 VERIFY_SAMPLES = 8
 

@@ -23,9 +23,9 @@ pixel coordinates of the image that was passed in (crop and resize undone; for s
 pixels); verify → ``embedding`` [N, D], unit length.
 
 Only TensorFlow ops are in the graph: the SavedModel loads with ``tf.saved_model.load`` (as TF Serving
-does) without keras_kd or Keras installed. The network is traced as ``int8_ops(model)``: PReLU and
-MobileNetV3's hard-swish written as the same functions in ops LiteRT runs in int8 (the .tflite files are
-converted from this graph).
+does) without keras_kd or Keras installed. The network is traced as ``export.int8_ops.rewrite(model)``:
+PReLU and MobileNetV3's hard-swish written as the same functions in ops LiteRT runs in int8 (the .tflite
+files are converted from this graph).
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import json
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from absl import logging
 
+from export import int8_ops
 from keras_kd.data import pipeline
 from keras_kd.keras import keras, tf
 from keras_kd.tasks import TASKS
@@ -65,95 +65,19 @@ def input_scale(hw, resize: int):
     return tf.reshape(tf.stack([hw[..., 1], hw[..., 0]], axis=-1), [-1, 1, 2]) / float(resize)
 
 
-class MaxPReLU(keras.layers.PReLU):
-    """PReLU computed as max(x, α·x): the same function while every slope α ≤ 1, in ops (MUL, MAXIMUM) that
-    LiteRT's XNNPACK delegate runs in int8. It has no int8 PRELU kernel: each PRELU split the graph and ran
-    on the reference kernel, which made MobileFaceNet's int8 file 14× slower than with this layer
-    (bench.int8_ops, bench/RESULTS.md section 9)."""
-
-    def call(self, inputs):
-        return tf.maximum(inputs, inputs * self.alpha)
-
-
-class HardSwish(keras.layers.Multiply):
-    """keras.applications' hard-swish, Multiply([x, relu6(x + 3) · 1/6]), computed as x · min(relu(x/6 + 1/2), 1)
-    from x alone (the second input is left unused; the two differ by float rounding only). The converter fuses
-    the first into HARD_SWISH, which XNNPACK does not run in int8 (it runs on the reference kernel); this one
-    stays MUL, ADD and MINIMUM, which it does. Written as relu(x + 3) · 1/6 (bit-equal to the original) it ran
-    1.7-2× slower in int8 (bench.int8_ops, bench/RESULTS.md section 9)."""
-
-    def _merge_function(self, inputs):
-        x = inputs[0]
-        return x * tf.minimum(tf.nn.relu(x * (1.0 / 6.0) + 0.5), 1.0)
-
-
-def _inbound(layer) -> list:
-    return [l for node in layer.inbound_nodes for l in tf.nest.flatten(node.inbound_layers)]
-
-
-def _op_constant(layer, function: str):
-    """The constant operand of a TFOpLambda layer calling ``function`` on one tensor, else None."""
-    if type(layer).__name__ != "TFOpLambda" or layer.get_config().get("function") != function \
-            or len(layer.inbound_nodes) != 1:
-        return None
-    args = layer.inbound_nodes[0].call_args
-    return args[1] if len(args) == 2 and isinstance(args[1], float) else None
-
-
-def is_hard_swish(layer) -> bool:
-    """Whether ``layer`` is the Multiply of keras.applications' hard_swish(x): x · (ReLU(6)(x + 3) · 1/6)."""
-    if type(layer) is not keras.layers.Multiply or len(layer.inbound_nodes) != 1:
-        return False
-    ins = _inbound(layer)
-    if len(ins) != 2 or _op_constant(ins[1], "math.multiply") != 1.0 / 6.0:
-        return False
-    relu = _inbound(ins[1])[0]
-    if not isinstance(relu, keras.layers.ReLU) or relu.max_value is None or float(relu.max_value) != 6.0:
-        return False
-    add = _inbound(relu)[0]
-    return _op_constant(add, "__operators__.add") == 3.0 and _inbound(add) == [ins[0]]
-
-
-def int8_ops(model: keras.Model, hard_swish: bool = True) -> keras.Model:
-    """``model`` itself when it has nothing to rewrite; else a copy with the same weights and outputs whose
-    PReLU layers are MaxPReLU and (with ``hard_swish``) whose hard-swish Multiply layers are HardSwish: the
-    same functions in ops LiteRT runs fast in int8. A PReLU with a slope above 1, where max(x, α·x) would
-    differ, stays PReLU."""
-    prelus = [layer for layer in model.layers if type(layer) is keras.layers.PReLU]
-    swishes = {layer.name for layer in model.layers if hard_swish and is_hard_swish(layer)}
-    if not prelus and not swishes:
-        return model
-    steep = {layer.name for layer in prelus if float(np.max(layer.get_weights()[0])) > 1.0}
-    if steep:
-        logging.warning("export: %d PReLU layer(s) of %s have a slope above 1 and stay TFLite PRELU ops, "
-                        "which LiteRT runs slowly in int8: %s", len(steep), model.name, ", ".join(sorted(steep)))
-
-    def clone(layer):
-        cls = type(layer)
-        if cls is keras.layers.PReLU and layer.name not in steep:
-            cls = MaxPReLU
-        elif layer.name in swishes:
-            cls = HardSwish
-        return cls.from_config(layer.get_config())
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 class ServingModule(tf.Module):
     """The student network between the pre-processing and the named, post-processed outputs.
 
     The Keras model is held untracked and only its variables are tracked: tracking the model would make
     tf.saved_model.save trace and serialize every layer's call for Keras (32 s instead of 3 s for a /8
-    student, measured), which TF Serving never uses. It traces ``int8_ops(model)``.
+    student, measured), which TF Serving never uses. It traces ``int8_ops.rewrite(model)``.
     """
 
     def __init__(self, model: keras.Model, task: str, image_size: int):
         super().__init__(name="serving")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-        model = int8_ops(model)
+        model = int8_ops.rewrite(model)
         self.model_variables = list(model.variables)
         object.__setattr__(self, "_keras_model", model)  # not tracked, see the class docstring
         self.task, self.size = task, int(image_size)

@@ -187,10 +187,10 @@ def test_mobilenet_v3_large_is_quantization_aware_like_small():
 # ---------------------------------------------------------------------------------------- fast units
 
 def test_prelu_is_exported_as_max_with_the_same_outputs():
-    """MobileFaceNet's PReLU layers trace as max(x, α·x) (saved_model.MaxPReLU: no int8 PRELU op in LiteRT's
+    """MobileFaceNet's PReLU layers trace as max(x, α·x) (int8_ops.MaxPReLU: no int8 PRELU op in LiteRT's
     XNNPACK) with the same outputs for slopes ≤ 1, negative ones too; a layer with a slope above 1, where
     the two differ, stays PReLU; a network with nothing to rewrite is not copied."""
-    from export import saved_model
+    from export import int8_ops
     from keras_kd.keras import keras
     from keras_kd.models import archs
     model = archs.build_model("mobilefacenet", 1, 32, 8, ("embedding",), name="student")
@@ -200,7 +200,7 @@ def test_prelu_is_exported_as_max_with_the_same_outputs():
         layer.set_weights([rng.uniform(-0.5, 1.0, layer.get_weights()[0].shape).astype(np.float32)])
     steep = prelus[3]
     steep.set_weights([np.full(steep.get_weights()[0].shape, 1.5, np.float32)])
-    copy = saved_model.int8_ops(model)
+    copy = int8_ops.rewrite(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers if isinstance(layer, keras.layers.PReLU)}
     assert kinds.pop(steep.name) == "PReLU" and len(kinds) == 32 and set(kinds.values()) == {"MaxPReLU"}
     x = rng.uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
@@ -208,14 +208,14 @@ def test_prelu_is_exported_as_max_with_the_same_outputs():
     for key in want:
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6)
     resnet = archs.build_model("resnet50", 8, 32, 8, name="student", blocks=(1, 1, 1, 1))
-    assert saved_model.int8_ops(resnet) is resnet
+    assert int8_ops.rewrite(resnet) is resnet
 
 
 def test_hard_swish_is_exported_unfused_with_the_same_outputs():
     """MobileNetV3's hard-swish Multiply layers (not its squeeze-excite ones) trace as x·min(relu(x/6 + 1/2), 1)
-    (saved_model.HardSwish: the converter's fused HARD_SWISH has no int8 kernel in XNNPACK), the same
+    (int8_ops.HardSwish: the converter's fused HARD_SWISH has no int8 kernel in XNNPACK), the same
     outputs up to float rounding."""
-    from export import saved_model
+    from export import int8_ops
     from keras_kd.keras import keras
     from keras_kd.models import archs
     model = archs.build_model("mobilenet_v3_small", 1, 32, 8, ("embedding",), name="student")
@@ -225,15 +225,15 @@ def test_hard_swish_is_exported_unfused_with_the_same_outputs():
             layer.momentum = 0.0  # moving statistics from a batch, so the activations span hard-swish's bends
     model(x, training=True)
     multiplies = [layer for layer in model.layers if isinstance(layer, keras.layers.Multiply)]
-    swishes = {layer.name for layer in multiplies if saved_model.is_hard_swish(layer)}
+    swishes = {layer.name for layer in multiplies if int8_ops.is_hard_swish(layer)}
     assert swishes and all(not n.endswith("squeeze_excite/Mul") for n in swishes)
     assert len(swishes) == sum(not layer.name.endswith("squeeze_excite/Mul") for layer in multiplies)
-    copy = saved_model.int8_ops(model)
+    copy = int8_ops.rewrite(model)
     assert {layer.name for layer in copy.layers if type(layer).__name__ == "HardSwish"} == swishes
     want, got = model(x, training=False), copy(x, training=False)
     for key in want:
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-4, atol=1e-5)  # rounding
-    qat_copy = saved_model.int8_ops(model, hard_swish=False)  # what QAT takes (optimize.quantize_aware)
+    qat_copy = int8_ops.rewrite(model, hard_swish=False)  # what QAT takes (optimize.quantize_aware)
     assert not any(type(layer).__name__ == "HardSwish" for layer in qat_copy.layers)
 
 

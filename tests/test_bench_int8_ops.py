@@ -32,8 +32,8 @@ def test_students_report_divides_before_by_after():
 
 
 def test_without_rewrites_restores_the_exporter():
-    from export import saved_model
-    rewrite = saved_model.int8_ops
+    from export import int8_ops as rewrites
+    rewrite = rewrites.rewrite
     with int8_ops.without_rewrites():
-        assert saved_model.int8_ops is not rewrite and saved_model.int8_ops("model") == "model"
-    assert saved_model.int8_ops is rewrite
+        assert rewrites.rewrite is not rewrite and rewrites.rewrite("model") == "model"
+    assert rewrites.rewrite is rewrite
