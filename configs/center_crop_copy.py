@@ -12,13 +12,12 @@ values, stamped with the new meta.json's hash, so that `load` accepts them. Imag
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_kd import io  # noqa: E402
 from keras_kd.data.example import META_FILE, PAIRS_FILE, DataError, read_meta  # noqa: E402
 from keras_kd.keras import tf  # noqa: E402
 from keras_kd.teachers import outputs  # noqa: E402
@@ -61,10 +60,9 @@ def main(argv=None) -> dict:
                     w.write(crop_example(raw.numpy(), a.zoom))
     meta = read_meta(a.data)
     meta["name"] += f"_zoom{a.zoom}"
-    with open(os.path.join(a.out, META_FILE), "w") as f:
-        json.dump(meta, f, indent=1)
+    io.write_json(os.path.join(a.out, META_FILE), meta)
     if os.path.exists(os.path.join(a.data, PAIRS_FILE)):
-        shutil.copy(os.path.join(a.data, PAIRS_FILE), a.out)
+        io.copy_file(os.path.join(a.data, PAIRS_FILE), os.path.join(a.out, PAIRS_FILE))
     if a.teacher_outputs:
         m, sources, splits, outs = outputs.read(a.teacher_outputs)
         if outs.get("hidden") is outs.get("embedding"):
