@@ -31,14 +31,19 @@ class HardSwish(keras.layers.Multiply):
         return x * tf.minimum(tf.nn.relu(x * (1.0 / 6.0) + 0.5), 1.0)
 
 
-def _inbound(layer) -> list:
+def inbound_layers(layer) -> list:
+    """The layers whose outputs ``layer`` is called on, over all its calls (functional tf_keras models)."""
     return [l for node in layer.inbound_nodes for l in tf.nest.flatten(node.inbound_layers)]
+
+
+def is_op_layer(layer) -> bool:
+    """A TFOpLambda: a TF function called on Keras tensors (not a public tf_keras class)."""
+    return type(layer).__name__ == "TFOpLambda"
 
 
 def _op_constant(layer, function: str):
     """The constant operand of a TFOpLambda layer calling ``function`` on one tensor, else None."""
-    if type(layer).__name__ != "TFOpLambda" or layer.get_config().get("function") != function \
-            or len(layer.inbound_nodes) != 1:
+    if not is_op_layer(layer) or layer.get_config().get("function") != function or len(layer.inbound_nodes) != 1:
         return None
     args = layer.inbound_nodes[0].call_args
     return args[1] if len(args) == 2 and isinstance(args[1], float) else None
@@ -48,14 +53,14 @@ def is_hard_swish(layer) -> bool:
     """Whether ``layer`` is the Multiply of keras.applications' hard_swish(x): x · (ReLU(6)(x + 3) · 1/6)."""
     if type(layer) is not keras.layers.Multiply or len(layer.inbound_nodes) != 1:
         return False
-    ins = _inbound(layer)
+    ins = inbound_layers(layer)
     if len(ins) != 2 or _op_constant(ins[1], "math.multiply") != 1.0 / 6.0:
         return False
-    relu = _inbound(ins[1])[0]
+    relu = inbound_layers(ins[1])[0]
     if not isinstance(relu, keras.layers.ReLU) or relu.max_value is None or float(relu.max_value) != 6.0:
         return False
-    add = _inbound(relu)[0]
-    return _op_constant(add, "__operators__.add") == 3.0 and _inbound(add) == [ins[0]]
+    add = inbound_layers(relu)[0]
+    return _op_constant(add, "__operators__.add") == 3.0 and inbound_layers(add) == [ins[0]]
 
 
 def rewrite(model: keras.Model, hard_swish: bool = True) -> keras.Model:

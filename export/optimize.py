@@ -40,12 +40,13 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from export import int8_ops, saved_model
+from export.int8_ops import inbound_layers, is_op_layer
 from export.saved_model import ExportError
 from keras_kd import training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill.distiller import Distiller
-from keras_kd.keras import keras, tf
+from keras_kd.keras import keras
 from keras_kd.tasks import TASKS, Stage
 
 import tensorflow_model_optimization as tfmot  # noqa: E402  (after keras_kd.keras: TF_USE_LEGACY_KERAS)
@@ -93,18 +94,12 @@ class OutputQuantizeConfig(qk.QuantizeConfig):
 
 def _needs_output_config(layer) -> bool:
     if isinstance(layer, keras.layers.BatchNormalization):
-        inbound = [l for node in layer.inbound_nodes for l in tf.nest.flatten(node.inbound_layers)]
-        return not any(isinstance(l, FOLDED_BN_AFTER) for l in inbound)
+        return not any(isinstance(l, FOLDED_BN_AFTER) for l in inbound_layers(layer))
     return isinstance(layer, OUTPUT_ONLY_TYPES)
 
 
 def _left_float(layer) -> bool:
-    return _is_op_layer(layer) and layer.get_config().get("function") in FLOAT_OPS
-
-
-def _is_op_layer(layer) -> bool:
-    """A TFOpLambda: a TF function called on Keras tensors (not a public tf_keras class)."""
-    return type(layer).__name__ == "TFOpLambda"
+    return is_op_layer(layer) and layer.get_config().get("function") in FLOAT_OPS
 
 
 def _quantizable(layer) -> bool:
@@ -119,7 +114,7 @@ def check_quantizable(model: keras.Model, arch: str = "") -> None:
     for layer in model.layers:
         if not _quantizable(layer):
             what = type(layer).__name__
-            if _is_op_layer(layer):
+            if is_op_layer(layer):
                 what += f"({layer.get_config().get('function')})"
             bad.setdefault(what, []).append(layer.name)
     if bad:
