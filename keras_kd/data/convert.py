@@ -7,6 +7,8 @@
     python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl --face_crop
     python -m keras_kd.data.convert --layout=mtfl --src=/data/mtfl/training.txt --out=data/mtfl_det \
         --face_crop --face_crop_box=detector          # crops around a face detector's box, not the landmarks
+    python -m keras_kd.data.convert --layout=celeba --src=/data/celeba --out=data/celeba_aligned --split_by=identity \
+        --face_align --face_crop_size=144              # faces aligned on 5 points, as face recognisers see them
 
 Bad input (a missing path, a malformed list line) ends with one line naming the file and exit code 2.
 """
@@ -17,7 +19,7 @@ import os
 from absl import app
 
 from flags.convert import FLAGS
-from keras_kd.data import face_detect, layouts
+from keras_kd.data import face_align, face_detect, layouts
 from keras_kd.data.example import DataError, die, write_dataset
 from keras_kd.data.synthetic import write_synthetic
 
@@ -63,8 +65,13 @@ def main(argv: list[str]) -> None:
             items = layouts.face_crops(items, FLAGS.face_crop_margin, FLAGS.face_crop_size)
             name += f"-crop{FLAGS.face_crop_margin:g}x{FLAGS.face_crop_size}"
             extra["face_crop"] = {"box": "landmarks", "margin": FLAGS.face_crop_margin, "size": FLAGS.face_crop_size}
+        elif FLAGS.face_align:
+            items = face_align.aligned_faces(items, FLAGS.face_crop_size)
+            name += f"-aligned{FLAGS.face_crop_size}"
+            extra["face_align"] = {"landmarks": "dlib shape_predictor_5 on the middle two thirds",
+                                   "padding": face_align.PADDING, "size": FLAGS.face_crop_size}
         write_dataset(FLAGS.out, items, name, pairs=pairs, extra_meta=extra, **write_kwargs)
-    except (DataError, face_detect.DetectorUnavailable) as e:
+    except (DataError, face_detect.DetectorUnavailable, face_align.DlibMissing) as e:
         die(str(e))
 
 

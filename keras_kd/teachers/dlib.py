@@ -8,10 +8,11 @@ The teacher is ``dlib_face_recognition_resnet_model_v1`` (a 29-layer ResNet trai
 Keras graph, so this writes its outputs once, as a teacher-outputs file (``keras_kd/teachers/outputs.py``;
 default ``DATA_DIR/teacher_outputs/dlib.npz``) holding ``out_embedding`` [N, 128] for both splits.
 
-Alignment: the stored images are already centred face crops, so there is no detector: dlib's 5-point
-``shape_predictor_5_face_landmarks`` runs on the box of the image's middle two thirds, and
-``dlib.get_face_chip(img, shape, size, padding=0.25)`` cuts the aligned chip the network was trained on
-(150 px; with another ``--chip_size`` the chip is cut at that size and resized to 150: a blurrier face).
+Alignment (`keras_kd.data.face_align.Aligner`): the stored images are already centred face crops, so there
+is no detector: dlib's 5-point ``shape_predictor_5_face_landmarks`` runs on the box of the image's middle two
+thirds, and ``dlib.get_face_chip(img, shape, size, padding=0.25)`` cuts the aligned chip the network was
+trained on (150 px; with another ``--chip_size`` the chip is cut at that size and resized to 150: a blurrier
+face). Data converted with ``--face_align`` holds such chips already; aligning one again moves it little.
 
 Measured on ../shared/data/celeba_id_subset_144 (144 px Haar crops), test split, from ``eval_outputs``:
 by identity (``convert --layout=celeba --split_by=identity``: 692 images of 44 unseen people) rank-1 0.981,
@@ -32,11 +33,12 @@ from typing import Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
 
+from keras_kd.data.face_align import PADDING, Aligner, DlibMissing, import_dlib
+
 NEEDS = "keras_kd.teachers.dlib needs the optional teachers: pip install -r requirements-teachers.txt"
 TEACHER = "dlib_face_recognition_resnet_model_v1 (128-d), 5-point alignment on the middle two thirds, 150 px chips"
 DEFAULT_OUT = os.path.join("teacher_outputs", "dlib.npz")
 NET_CHIP = 150      # the network's input side: dlib refuses any other
-PADDING = 0.25      # dlib's get_face_chip default, the one the network was trained with
 WIDTH = 128
 CHUNK = 32          # images per task sent to a worker process
 LOG_EVERY = 500
@@ -46,44 +48,21 @@ LOG_EVERY = 500
 _models: Optional[tuple] = None
 
 
-class TeachersMissing(RuntimeError):
-    """dlib or face_recognition_models is not installed."""
-
-
-def import_dlib():
-    """(dlib, face_recognition_models), or TeachersMissing with the install line."""
-    try:
-        import dlib
-        import face_recognition_models
-    except ImportError as e:  # pkg_resources (setuptools) missing is one: face_recognition_models imports it
-        raise TeachersMissing(f"{NEEDS} ({type(e).__name__}: {e})") from None
-    return dlib, face_recognition_models
-
-
 def _init(chip_size: int) -> None:
     global _models
     dlib, frm = import_dlib()
-    _models = (dlib, dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
-               dlib.face_recognition_model_v1(frm.face_recognition_model_location()), chip_size)
-
-
-def middle_box(height: int, width: int) -> tuple:
-    """(left, top, right, bottom), inclusive as dlib's rectangles are: the middle two thirds of the image."""
-    dx, dy = round(width / 6), round(height / 6)
-    return dx, dy, width - 1 - dx, height - 1 - dy
+    _models = (dlib, Aligner(chip_size), dlib.face_recognition_model_v1(frm.face_recognition_model_location()))
 
 
 def embed_images(images: List[np.ndarray]) -> np.ndarray:
     """float32 [n, 128] dlib descriptors of uint8 RGB images [H, W, 3] (in this process's models)."""
     if _models is None:
         raise RuntimeError("call _init(chip_size) first")
-    dlib, predictor, net, chip_size = _models
+    dlib, align, net = _models
     chips = []
     for img in images:
-        img = np.ascontiguousarray(img, np.uint8)
-        shape = predictor(img, dlib.rectangle(*middle_box(*img.shape[:2])))
-        chip = dlib.get_face_chip(img, shape, size=chip_size, padding=PADDING)
-        if chip_size != NET_CHIP:
+        chip = align(img)
+        if align.size != NET_CHIP:
             chip = np.ascontiguousarray(dlib.resize_image(chip, NET_CHIP, NET_CHIP), np.uint8)
         chips.append(chip)
     if not chips:
@@ -124,7 +103,7 @@ def write(data_dir: str, out: Optional[str] = None, chip_size: int = NET_CHIP, p
           log: Callable[[str], None] = print) -> str:
     """Writes dlib's embedding of every record of `data_dir` (both splits) as a teacher-outputs file; its path.
 
-    DataError when `data_dir` is not converted data, TeachersMissing without dlib.
+    DataError when `data_dir` is not converted data, DlibMissing without dlib.
     """
     from keras_kd.data.example import SPLITS, DataError, read_meta
     from keras_kd.teachers import outputs
@@ -202,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--chip_size must be at least 16, got {args.chip_size}")
     try:
         import_dlib()
-    except TeachersMissing:
+    except DlibMissing:
         print(NEEDS, file=sys.stderr)
         return 2
     from keras_kd.data.example import DataError
