@@ -18,6 +18,7 @@ only when everything succeeded and verified, so a failed export leaves no partia
 The record of a model (returned, saved as export.json, and merged into results.json as ``record["export"]``)::
 
     {"name", "task", "version", "weights", "weights_sha256", "options", "image_size", "resize_size",
+     "data", "face_align" (the data's name and its alignment, null if none: what the inputs must look like),
      "keras": {<metric>}, "saved_model": {"path", "signatures", "size_bytes", "max_abs_diff", "checks"},
      "tflite_fp32" | "tflite_fp16" | "tflite_dynamic" | "tflite_int8" | "qat_int8" | "pruned_fp32":
          {"path", "size_bytes", <metric>, "max_abs_diff", "seconds", "latency_ms", ...}}
@@ -324,8 +325,11 @@ def _build(runner: Runner, task: str, name: str, model: keras.Model, stage: Stag
     cfg, log = runner.cfg, runner.log
     size = cfg.image_size
     metric = tflite.HEADLINE[task]
+    meta = runner.meta(task)
     record = {"name": name, "task": task, "version": options["version"], "image_size": size,
-              "resize_size": saved_model.resize_size(size), "outputs": list(TASKS[task].serving_output_names)}
+              "resize_size": saved_model.resize_size(size), "outputs": list(TASKS[task].serving_output_names),
+              # what the inputs must look like: the data it learned from, its faces aligned or not
+              "data": meta["name"], "face_align": meta.get("face_align")}
     sm_path = os.path.join(staging, "saved_model", str(options["version"]))
     log(f"[export] {task}/{name}: SavedModel, verified against Keras → "
         f"{saved_model_dir(cfg.model_dir, task, name, options['version'])}")

@@ -196,6 +196,7 @@ def test_tflite_files_signatures_and_metrics(runner, exports, task):
     rec = exports[task]
     metric = tflite.HEADLINE[task]
     kinds = ["fp32", "fp16", "dynamic", "int8"] if task == "classify" else ["fp32", "int8"]
+    assert rec["data"] == runner.meta(task)["name"] and rec["face_align"] is None  # what inputs it expects
     for kind in kinds:
         path = _export_dir(runner, task) / "tflite" / f"model_{kind}.tflite"
         r = rec[f"tflite_{kind}"]
