@@ -1,16 +1,15 @@
 """Faces aligned on 5 points (keras_kd/data/face_align.py, `convert --face_align`): on real faces the eyes
 land on the same pixels in every chip; the converter writes chips, names the data and refuses what it
-cannot align. Skipped without dlib (pip install -r requirements-teachers.txt)."""
+cannot align. Most need dlib (pip install -r requirements-teachers.txt) and skip without it."""
 import io
 import os
 import subprocess
 import sys
 
+import importlib.util
+
 import numpy as np
 import pytest
-
-pytest.importorskip("dlib")
-pytest.importorskip("face_recognition_models")
 
 from conftest import REPO, SHARED_DATA  # noqa: E402
 from keras_kd.data import face_align, layouts, synthetic  # noqa: E402
@@ -18,10 +17,14 @@ from keras_kd.data.example import DataError, Item, parse_example, read_meta, sha
 from keras_kd.keras import tf  # noqa: E402
 
 CELEBA = SHARED_DATA / "celeba_id_subset_144"
+needs_dlib = pytest.mark.skipif(not (importlib.util.find_spec("dlib") and importlib.util.find_spec(
+    "face_recognition_models")), reason="the optional teachers are not installed")
 
 
-def _cli(*args):
+def _cli(*args, env_path=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if env_path:
+        env["PYTHONPATH"] = f"{env_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return subprocess.run([sys.executable, "-m", "keras_kd.data.convert", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -36,6 +39,7 @@ def _eye_line(aligner, image):
     return np.degrees(np.arctan(v[1] / v[0])), np.linalg.norm(v)
 
 
+@needs_dlib
 @pytest.mark.skipif(not CELEBA.exists(), reason=f"{CELEBA} not present")
 def test_on_real_faces_the_eyes_land_on_the_same_pixels_of_every_chip():
     from PIL import Image
@@ -57,12 +61,19 @@ def test_on_real_faces_the_eyes_land_on_the_same_pixels_of_every_chip():
     np.testing.assert_array_equal(png, chips[0])
 
 
-def test_the_converter_stores_chips_and_names_the_data(tmp_path):
+def _people(tmp_path):
+    """A folder per identity: 2 synthetic people × 3 faces, 96 px PNGs."""
     src = tmp_path / "people"
     for k, item in enumerate(synthetic.synthetic_items(2, 3, 96, seed=0)):
         d = src / f"person{k // 3}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{k}.png").write_bytes(item.load())
+    return src
+
+
+@needs_dlib
+def test_the_converter_stores_chips_and_names_the_data(tmp_path):
+    src = _people(tmp_path)
     out = tmp_path / "aligned"
     r = _cli("--layout=folders", f"--src={src}", f"--out={out}", "--face_align", "--face_crop_size=80",
              "--all_test")
@@ -86,3 +97,15 @@ def test_images_with_landmarks_are_refused_by_name():
     item = Item("a.jpg", 0, lambda: b"", landmarks=np.zeros((5, 2), np.float32), origin="list.txt:3")
     with pytest.raises(DataError, match=r"^list.txt:3: has landmarks, which --face_align does not move"):
         face_align.aligned_faces([item], 64, aligner=object())
+
+
+def test_without_dlib_the_converter_says_what_to_install_in_one_line(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "dlib.py").write_text("raise ImportError('no dlib here')\n")
+    out = tmp_path / "o"
+    r = _cli("--layout=folders", f"--src={_people(tmp_path)}", f"--out={out}", "--face_align", env_path=fake)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == ("error: dlib is not installed: pip install -r "
+                                                 "requirements-teachers.txt (ImportError: no dlib here)")
+    assert not out.exists()
