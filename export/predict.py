@@ -10,12 +10,16 @@ the best student of the task's results.json. Written to OUT (default `<model_dir
     predictions.csv    the same, one row per image (landmarks x1,y1..x5,y5; class_id, probability;
                        embedding e0..eD)
     <stem>.png         align: the image with its predicted landmarks drawn
+
+A model that learned from faces aligned on 5 points (`convert --face_align`: its export.json or its run's
+data says so) gets each image aligned the same way first (keras_kd/data/face_align.py, needs dlib).
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -47,8 +51,10 @@ def read_image(path: str) -> np.ndarray:
         raise ExportError(f"{path}: not a readable image ({str(e).splitlines()[0][:120]})") from None
 
 
-def serving_function(model_dir: str, task: str, model: str, runner_factory: Callable) -> Tuple[Callable, str]:
-    """(images float [N, H, W, 3] 0..255 → outputs, description) for a stage name or a SavedModel path."""
+def serving_function(model_dir: str, task: str, model: str,
+                     runner_factory: Callable) -> Tuple[Callable, str, Optional[dict]]:
+    """(images float [N, H, W, 3] 0..255 → outputs, description, face alignment of its data or None) for a
+    stage name or a SavedModel path."""
     if model and os.path.isdir(model):
         path = model
         versions = os.path.join(model, "saved_model")
@@ -60,7 +66,8 @@ def serving_function(model_dir: str, task: str, model: str, runner_factory: Call
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise ExportError(f"{model}: not a SavedModel (no saved_model.pb) nor an export folder")
         fn = tf.saved_model.load(path).signatures["serving_default"]
-        return (lambda images: {k: v.numpy() for k, v in fn(image=tf.constant(images)).items()}), path
+        return (lambda images: {k: v.numpy() for k, v in fn(image=tf.constant(images)).items()}), path, \
+            _export_alignment(path)
     runner = runner_factory()
     if not model:
         from keras_kd.results import Results
@@ -73,7 +80,29 @@ def serving_function(model_dir: str, task: str, model: str, runner_factory: Call
     from export import load_stage
     keras_model, _, _ = load_stage(runner, task, model)
     module = ServingModule(keras_model, task, runner.cfg.image_size)
-    return (lambda images: {k: v.numpy() for k, v in module.serving_default(tf.constant(images)).items()}), model
+    return (lambda images: {k: v.numpy() for k, v in module.serving_default(tf.constant(images)).items()}), model, \
+        runner.meta(task).get("face_align")
+
+
+def _export_alignment(saved_model_path: str) -> Optional[dict]:
+    """The face alignment recorded in the export.json of an export folder's SavedModel (saved_model/N)."""
+    record = os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(saved_model_path))), "export.json")
+    if not os.path.exists(record):
+        return None
+    with open(record) as f:
+        return json.load(f).get("face_align")
+
+
+def aligner(face_align: Optional[dict], used: str):
+    """An image → aligned chip function for a model of aligned faces; None for any other model."""
+    if not face_align:
+        return None
+    from keras_kd.data import face_align as fa
+    try:
+        return fa.Aligner(face_align["size"], face_align["padding"])
+    except fa.DlibMissing:
+        raise ExportError(f"{used}: learned from faces aligned on 5 points (--face_align); aligning these images "
+                          "needs dlib: pip install -r requirements-teachers.txt") from None
 
 
 def _row(task: str, out: Dict[str, np.ndarray], i: int) -> Dict[str, object]:
@@ -89,13 +118,15 @@ def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, ru
     """Predicts every image of `images_dir`; returns the predictions.json path."""
     from keras_kd import results as results_lib
     paths = list_images(images_dir)
-    fn, used = serving_function(model_dir, task, model, runner_factory)
+    fn, used, alignment = serving_function(model_dir, task, model, runner_factory)
+    align = aligner(alignment, used)
     out_dir = out_dir or os.path.join(model_dir, task, "predict")
     os.makedirs(out_dir, exist_ok=True)
     records = []
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
         pics = [read_image(p) for p in chunk]
+        pics = [align(img) for img in pics] if align else pics
         # One call per image size (the signature takes any size, but one size per batch).
         for p, img in zip(chunk, pics):
             out = fn(img[None].astype(np.float32))
@@ -107,7 +138,7 @@ def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, ru
                 results_lib.draw_landmarks(img, {"predicted": np.asarray(rec["landmarks"])},
                                            os.path.join(out_dir, f"{stem}.png"))
     path = os.path.join(out_dir, "predictions.json")
-    io.write_json(path, {"task": task, "model": used, "predictions": records})
+    io.write_json(path, {"task": task, "model": used, "face_align": alignment, "predictions": records})
     with open(os.path.join(out_dir, "predictions.csv"), "w", newline="") as f:
         rows = [{"image": r["image"], "height": r["height"], "width": r["width"], **_csv_fields(task, r)}
                 for r in records]

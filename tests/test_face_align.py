@@ -2,6 +2,7 @@
 land on the same pixels in every chip; the converter writes chips, names the data and refuses what it
 cannot align. Most need dlib (pip install -r requirements-teachers.txt) and skip without it."""
 import io
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,47 @@ def test_without_dlib_the_converter_says_what_to_install_in_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == ("error: dlib is not installed: pip install -r "
                                                  "requirements-teachers.txt (ImportError: no dlib here)")
     assert not out.exists()
+
+
+@needs_dlib
+def test_predict_aligns_each_image_for_a_model_of_aligned_faces(tmp_path, monkeypatch):
+    from export import predict
+
+    images = tmp_path / "faces"
+    images.mkdir()
+    for k, item in enumerate(synthetic.synthetic_items(1, 2, 96, seed=0)):
+        (images / f"{k}.png").write_bytes(item.load())
+    seen = []
+
+    def fn(batch):
+        seen.append(batch.shape)
+        return {"embedding": np.ones((1, 4), np.float32)}
+
+    alignment = {"landmarks": "dlib shape_predictor_5 on the middle two thirds", "padding": 0.25, "size": 80}
+    monkeypatch.setattr(predict, "serving_function", lambda *a: (fn, "m", alignment))
+    path = predict.run(str(images), str(tmp_path), "verify", "m", str(tmp_path / "out"), runner_factory=None)
+    assert seen == [(1, 80, 80, 3)] * 2  # the 96 px images reach the model as 80 px aligned chips
+    assert json.loads(open(path).read())["face_align"] == alignment
+
+
+def test_predict_for_aligned_faces_without_dlib_is_one_line(monkeypatch):
+    from export import predict
+    from export.saved_model import ExportError
+
+    def missing():
+        raise face_align.DlibMissing("no dlib")
+    monkeypatch.setattr(face_align, "import_dlib", missing)
+    with pytest.raises(ExportError, match=r"^m: learned from faces aligned on 5 points \(--face_align\); aligning "
+                                          r"these images needs dlib: pip install -r requirements-teachers.txt$"):
+        predict.aligner({"size": 80, "padding": 0.25}, "m")
+    assert predict.aligner(None, "m") is None  # a model of unaligned faces: images as they are
+
+
+def test_an_export_folder_tells_predict_its_alignment(tmp_path):
+    from export import predict
+
+    sm = tmp_path / "export" / "student" / "saved_model" / "1"
+    sm.mkdir(parents=True)
+    assert predict._export_alignment(str(sm)) is None  # no export.json: nothing known, nothing done
+    (tmp_path / "export" / "student" / "export.json").write_text('{"face_align": {"size": 144, "padding": 0.25}}')
+    assert predict._export_alignment(str(sm)) == {"size": 144, "padding": 0.25}
