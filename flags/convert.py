@@ -35,8 +35,12 @@ flags.DEFINE_enum("detector_fallback", "jitter", ["jitter", "drop"], "--face_cro
                   "scaled by the spread measured between detector and landmark crops) or drop (left out, counted).")
 flags.DEFINE_float("face_crop_margin", 0.5, "--face_crop: margin on each side, as a fraction of the landmarks' "
                    "box (0.5: a crop twice the box).", lower_bound=0.0)
-flags.DEFINE_bool("face_align", False, "Store each image as its face aligned on 5 points (dlib's shape predictor on the image's middle two thirds, then get_face_chip: keras_kd/data/face_align.py), the input face recognisers expect. For identity sets of face crops (celeba, folders, lfw); needs requirements-teachers.txt.")
-flags.DEFINE_integer("face_crop_size", 64, "--face_crop, --face_align: side of the stored image in pixels.", lower_bound=16)
+flags.DEFINE_bool("face_align", False, "Store each image as its face aligned on 5 points (dlib's shape predictor "
+                  "on the image's middle two thirds, then get_face_chip: keras_kd/data/face_align.py), the input "
+                  "face recognisers expect. For identity sets of face crops (celeba, folders, lfw); needs "
+                  "requirements-teachers.txt.")
+flags.DEFINE_integer("face_crop_size", 64, "--face_crop, --face_align: side of the stored image in pixels.",
+                     lower_bound=16)
 flags.DEFINE_integer("num_identities", 40, "synthetic: identities.", lower_bound=1)
 flags.DEFINE_integer("images_per_identity", 50, "synthetic: images per identity.", lower_bound=1)
 flags.DEFINE_integer("image_size", 72, "synthetic: image side in pixels.", lower_bound=16)
@@ -55,7 +59,8 @@ def _box_for_crop(v: dict) -> bool:
     return v["face_crop"] or v["face_crop_box"] == "landmarks"
 
 
-@flags.multi_flags_validator(["face_crop", "face_align"], message="--face_crop and --face_align are two ways to cut the face: give one")
+@flags.multi_flags_validator(["face_crop", "face_align"],
+                             message="--face_crop and --face_align are two ways to cut the face: give one")
 def _one_face_cut(v: dict) -> bool:
     return not (v["face_crop"] and v["face_align"])
 
