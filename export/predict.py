@@ -86,7 +86,8 @@ def serving_function(model_dir: str, task: str, model: str,
 
 def _export_alignment(saved_model_path: str) -> Optional[dict]:
     """The face alignment recorded in the export.json of an export folder's SavedModel (saved_model/N)."""
-    record = os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(saved_model_path))), "export.json")
+    from export.run import EXPORT_FILE
+    record = os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(saved_model_path))), EXPORT_FILE)
     if not os.path.exists(record):
         return None
     with open(record) as f:

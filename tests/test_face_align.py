@@ -57,7 +57,7 @@ def test_on_real_faces_the_eyes_land_on_the_same_pixels_of_every_chip():
     cv = [a[:, 1].std() / a[:, 1].mean() for a in (before, after)]
     assert cv[1] < 0.7 * cv[0], cv
     # The lazy loader gives the same chip as a PNG.
-    [item] = face_align.aligned_faces(items[:1], 112, aligner)
+    [item] = layouts.aligned_faces(items[:1], 112, aligner)
     png = tf.io.decode_png(item.load()).numpy()
     np.testing.assert_array_equal(png, chips[0])
 
@@ -97,7 +97,7 @@ def test_face_crop_and_face_align_are_one_or_the_other(tmp_path):
 def test_images_with_landmarks_are_refused_by_name():
     item = Item("a.jpg", 0, lambda: b"", landmarks=np.zeros((5, 2), np.float32), origin="list.txt:3")
     with pytest.raises(DataError, match=r"^list.txt:3: has landmarks, which --face_align does not move"):
-        face_align.aligned_faces([item], 64, aligner=object())
+        layouts.aligned_faces([item], 64, aligner=object())
 
 
 def test_without_dlib_the_converter_says_what_to_install_in_one_line(tmp_path):

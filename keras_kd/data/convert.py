@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
             name += f"-crop{FLAGS.face_crop_margin:g}x{FLAGS.face_crop_size}"
             extra["face_crop"] = {"box": "landmarks", "margin": FLAGS.face_crop_margin, "size": FLAGS.face_crop_size}
         elif FLAGS.face_align:
-            items = face_align.aligned_faces(items, FLAGS.face_crop_size)
+            items = layouts.aligned_faces(items, FLAGS.face_crop_size)
             name += f"-aligned{FLAGS.face_crop_size}"
             extra["face_align"] = {"landmarks": "dlib shape_predictor_5 on the middle two thirds",
                                    "padding": face_align.PADDING, "size": FLAGS.face_crop_size}

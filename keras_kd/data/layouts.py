@@ -31,16 +31,21 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _read_as_png(path: str) -> bytes:
-    """Re-encodes what TF cannot decode; Pillow's errors become OSError, which `write_dataset` skips."""
+def _pil_rgb(file, source: str):
+    """The image of `file` (a path or a file object) as a Pillow RGB image; Pillow's errors become OSError
+    naming `source`, which `write_dataset` counts and skips."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        with Image.open(file) as im:
+            return im.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:
-        raise OSError(f"cannot decode {path}: {e}") from None
-    return tf.io.encode_png(rgb).numpy()
+        raise OSError(f"cannot decode {source}: {e}") from None
+
+
+def _read_as_png(path: str) -> bytes:
+    """Re-encodes what TF cannot decode."""
+    return tf.io.encode_png(np.asarray(_pil_rgb(path, path))).numpy()
 
 
 def _loader(path: str):
@@ -236,11 +241,7 @@ def _crop_load(load, box: tuple[float, float, float], size: int, source: str):
     def read() -> bytes:
         from PIL import Image
 
-        try:
-            with Image.open(io.BytesIO(load())) as im:
-                rgb = im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:
-            raise OSError(f"cannot decode {source}: {e}") from None
+        rgb = _pil_rgb(io.BytesIO(load()), source)
         x0, y0, side = box
         # Pixels outside the photo repeat its edge (as the CelebA crops of ../shared were made), so a face
         # near the border keeps its place in the crop.
@@ -276,6 +277,28 @@ def detector_crops(items: list[Item], margin: float = DEFAULT_CROP_MARGIN, size:
 
     boxes, report = face_detect.detector_boxes(items, margin, fallback, detector)
     return [_cropped(it, box, size) for it, box in zip(items, boxes) if box is not None], report
+
+
+def aligned_faces(items: list[Item], size: int, aligner=None) -> list[Item]:
+    """Each item as its face aligned on 5 points, a `size`×`size` chip (`face_align.Aligner`), read lazily.
+
+    Items with landmarks are refused: the chip's warp would have to move them too.
+    """
+    for it in items:
+        if it.landmarks is not None:
+            raise DataError(f"{it.origin or it.source}: has landmarks, which --face_align does not move "
+                            "(use --face_crop for landmark sets)")
+    if aligner is None:
+        from keras_kd.data import face_align
+
+        aligner = face_align.Aligner(size)
+    return [dataclasses.replace(it, load=_aligned_load(it.load, aligner, it.source)) for it in items]
+
+
+def _aligned_load(load, aligner, source: str):
+    def read() -> bytes:
+        return tf.io.encode_png(aligner(np.asarray(_pil_rgb(io.BytesIO(load()), source)))).numpy()
+    return read
 
 
 def _cropped(it: Item, box: tuple[float, float, float], size: int) -> Item:
