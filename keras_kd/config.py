@@ -34,6 +34,7 @@ class Config:
     teacher: str = ""                      # a teacher model file/folder to distil from, none trained (teachers/external.py)
     teacher_spec: str = ""                 # its outputs and input contract (JSON); "" = beside the model
     teacher_outputs: str = ""              # a file of a teacher's outputs per record (teachers/outputs.py)
+    teacher_precision: str = "auto"        # auto | float32 | bfloat16: what teachers compute in (models/precision.py)
 
     # models
     students: Tuple[int, ...] = (8,)       # ResNet-50 width divisors (Table 2: 2, 4, 8)

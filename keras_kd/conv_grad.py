@@ -11,13 +11,16 @@ flipped and its channels swapped. This computes it that way, with the forward Co
 Nothing installs it on import: it is called where training starts (the Runner's `_train`, export's
 distillation fine-tuning, the benchmarks' `common.header`), and again is harmless. The filter gradient and every case it does not handle (NCHW, dilation, explicit padding, unknown kernel
 size, fewer than 16 input channels) stay TensorFlow's own. KERAS_KD_CONV_GRAD: "auto" (the default) uses it
-when no GPU is visible, "fast" always, "tf" never.
+when no GPU is visible and the CPU has no Intel AMX (on such a CPU TensorFlow's own input gradient was the
+faster one; on the AMD EPYC with AVX-512 it was not compared: bench/RESULTS.md section 10), "fast" always,
+"tf" never.
 """
 from __future__ import annotations
 
 import os
 from typing import Optional
 
+from keras_kd import cpu
 from keras_kd.keras import tf  # first: TF_USE_LEGACY_KERAS is set before TensorFlow loads
 from tensorflow.python.framework import ops  # the gradient registry has no public API to replace an entry
 from tensorflow.python.ops import nn_grad
@@ -98,8 +101,10 @@ def install(mode: Optional[str] = None) -> bool:
     mode = mode or os.environ.get("KERAS_KD_CONV_GRAD", "auto")
     if mode not in ("auto", "fast", "tf"):
         raise ValueError(f"KERAS_KD_CONV_GRAD={mode}: expected auto, fast or tf")
-    # cuDNN's input gradient is fast and this has not been measured on a GPU: "auto" keeps TensorFlow's there.
-    use = mode == "fast" or (mode == "auto" and not tf.config.list_physical_devices("GPU"))
+    # cuDNN's input gradient is fast and this has not been measured on a GPU: "auto" keeps TensorFlow's there,
+    # and on the CPUs where it measured faster (Intel's with AMX).
+    use = mode == "fast" or (mode == "auto" and not tf.config.list_physical_devices("GPU")
+                             and not cpu.has("amx_tile"))
     entry["type"] = _conv2d_grad if use else _TF_GRAD
     return use
 

@@ -24,7 +24,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import DataError, read_meta
 from keras_kd.keras import keras
-from keras_kd.models import archs
+from keras_kd.models import archs, precision
 from keras_kd.stages import StageError, synthetic_dir
 from keras_kd.tasks import TASKS
 
@@ -130,7 +130,8 @@ def _load(rec: dict, cfg: Config, out_dir: str) -> keras.Model:
                               int(rec.get("image_size", cfg.image_size)), int(rec.get("num_classes", 0)),
                               TASKS[cfg.task].heads, cfg.embedding_dim, name=rec["name"],
                               landmark_head=rec.get("landmark_head", "pooled"), width=float(rec.get("width", 1.0)),
-                              blocks=rec.get("resnet_blocks", ()))
+                              blocks=rec.get("resnet_blocks", ()),
+                              compute=precision.of_role(rec.get("role", "student"), cfg.teacher_precision))
     try:
         model.load_weights(path)
     except (OSError, ValueError) as e:

@@ -40,7 +40,7 @@ from keras_kd.data.example import DataError, read_meta
 from keras_kd.distill import methods, teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
-from keras_kd.models import archs, network, resnet
+from keras_kd.models import archs, network, precision, resnet
 from keras_kd.tasks import TASKS, Stage
 from keras_kd.teachers import external
 
@@ -157,7 +157,11 @@ class Runner:
         return archs.build_model(stage.arch, stage.width_divisor, self.cfg.image_size, self.num_classes,
                                  TASKS[stage.task].heads, self.cfg.embedding_dim, name=stage.name,
                                  landmark_head=self.cfg.landmark_head, width=stage.width,
-                                 blocks=self.cfg.resnet_blocks)
+                                 blocks=self.cfg.resnet_blocks, compute=self.compute(stage))
+
+    def compute(self, stage: Stage) -> str:
+        """What the stage's network computes in: --teacher_precision for teachers, float32 for students."""
+        return precision.of_role(stage.role, self.cfg.teacher_precision)
 
     # ---- running -------------------------------------------------------------------------------
     def ensure(self, task: str, name: str) -> dict:
@@ -225,6 +229,8 @@ class Runner:
         weights = dict(stage.targets)
         sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor,
                **_arch_fields(stage, cfg),
+               # absent in float32, so that records saved before bfloat16 teachers keep their signatures
+               **({"precision": self.compute(stage)} if self.compute(stage) != "float32" else {}),
                "init": stage.init,
                "epochs": stage.epochs, "lr": stage.lr, "task_loss": stage.task_loss,
                "alpha": weights.pop("soft", 0.0), "beta": weights.pop("hidden", 0.0),

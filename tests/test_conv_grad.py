@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from keras_kd import conv_grad
+from keras_kd import conv_grad, cpu
 from keras_kd.keras import keras, tf
 from keras_kd.models import resnet
 
@@ -77,9 +77,10 @@ def test_installed_where_training_starts_and_a_resnet_gradient_is_unchanged(monk
     monkeypatch.undo()
 
     from tensorflow.python.framework import ops
-    cpu_only = not tf.config.list_physical_devices("GPU")  # "auto" keeps TensorFlow's where a GPU is visible
-    assert conv_grad.install() == cpu_only
-    assert (ops._gradient_registry.lookup("Conv2D") is conv_grad._conv2d_grad) == cpu_only  # noqa: SLF001
+    # "auto" keeps TensorFlow's where a GPU is visible or the CPU has AMX
+    expected = not tf.config.list_physical_devices("GPU") and not cpu.has("amx_tile")
+    assert conv_grad.install() == expected
+    assert (ops._gradient_registry.lookup("Conv2D") is conv_grad._conv2d_grad) == expected  # noqa: SLF001
     try:
         conv_grad.install("fast")
         ours = _resnet_gradients()
@@ -90,6 +91,20 @@ def test_installed_where_training_starts_and_a_resnet_gradient_is_unchanged(monk
     scale = max(np.abs(t).max() for t in theirs)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_auto_follows_the_cpu(monkeypatch):
+    """Without a GPU, "auto" takes keras-kd's input gradient except on a CPU with AMX."""
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: auto keeps TensorFlow's gradient whatever the CPU")
+    try:
+        for flags, ours in ((frozenset({"avx2"}), True), (frozenset({"avx512f"}), True),
+                            (frozenset({"avx512f", "amx_tile", "amx_bf16"}), False)):
+            monkeypatch.setattr(cpu, "features", lambda flags=flags: flags)
+            assert conv_grad.install("auto") == ours
+    finally:
+        monkeypatch.undo()
+        conv_grad.install()
 
 
 def test_a_bad_mode_is_refused():

@@ -177,3 +177,17 @@ def test_main_stops_with_one_line_naming_the_changed_flag(data_dir, tmp_path, pa
     assert err[-1] == ("error: stage classify/student_d8_label_soft: saved with alpha=1.0 (now 2.0); use "
                        "--overwrite to retrain or another --model_dir")
 
+
+
+def test_the_teachers_precision_shapes_it_and_what_it_taught_only(data_dir, tmp_path):
+    """A teacher trained in float32 is not reused as a bfloat16 one (nor its distilled students); the
+    label-only student, which never saw it, is."""
+    runner, _ = _runner(data_dir, tmp_path, teacher_precision="float32")
+    _save_classify(runner)
+    bf16, _ = _runner(data_dir, tmp_path, teacher_precision="bfloat16")
+    assert bf16.compute(bf16.stage("classify", "teacher")) == "bfloat16"
+    assert bf16.compute(bf16.stage("classify", "student_d8_label_soft")) == "float32"
+    assert bf16.ensure("classify", "student_d8_label")["metrics"] == {"top1": 0.5}
+    with pytest.raises(StageError, match=r"^stage classify/student_d8_label_soft: saved with precision=unset "
+                                         r"\(now 'bfloat16'\) in classify/teacher; use --overwrite"):
+        bf16.ensure("classify", "student_d8_label_soft")

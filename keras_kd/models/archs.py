@@ -15,7 +15,7 @@ import dataclasses
 from typing import Callable, Dict, Mapping, Sequence
 
 from keras_kd.keras import keras
-from keras_kd.models import mobilefacenet, mobilenet_v3, network, resnet
+from keras_kd.models import mobilefacenet, mobilenet_v3, network, precision, resnet
 
 DEFAULT = "resnet50"
 
@@ -58,18 +58,23 @@ def student_tag(arch: str, width_divisor: int = 1, width: float = 1.0) -> str:
 
 def build_model(arch: str, width_divisor: int, image_size: int, num_classes: int, heads: Sequence[str] = (),
                 embedding_dim: int = 0, name: str = "model", landmark_head: str = "pooled",
-                width: float = 1.0, blocks: Sequence[int] = ()) -> keras.Model:
+                width: float = 1.0, blocks: Sequence[int] = (), compute: str = "float32") -> keras.Model:
     """A plain functional model of architecture `arch`: image → {"logits", "hidden", "hint", *heads}.
 
     `blocks` (ResNet only; ignored by the others) sets the residual blocks per stage: (1, 1, 1, 1) is the
-    shallow trunk the plumbing tests build in a fraction of ResNet-50's time."""
+    shallow trunk the plumbing tests build in a fraction of ResNet-50's time. `compute` ("float32" or
+    "bfloat16", models/precision.py) is what its layers compute in; its outputs are float32 either way."""
     if float(width) <= 0:
         raise ValueError(f"width must be positive, got {width}")
     a = get(arch)
     images = keras.Input((image_size, image_size, 3), name="image")
     depth = {"blocks": tuple(blocks)} if a.blocks and blocks else {}
-    feats = a.backbone(images, width_divisor=width_divisor, width=width, **depth)
-    return network.assemble(images, feats, num_classes, heads, embedding_dim, name, landmark_head)
+    with precision.building(compute):
+        feats = a.backbone(images, width_divisor=width_divisor, width=width, **depth)
+        model = network.assemble(images, feats, num_classes, heads, embedding_dim, name, landmark_head)
+    if compute == "float32":
+        return model
+    return keras.Model(images, precision.float32(model.output), name=name)
 
 
 def feature_layers(model: keras.Model) -> Mapping[str, str]:
@@ -97,5 +102,5 @@ def feature_model(model: keras.Model, keys: Sequence[str]) -> keras.Model:
     unknown = [k for k in missing if k not in layers]
     if unknown:
         raise ValueError(f"no feature named {unknown} in {model.name}; known: {', '.join(layers) or 'none'}")
-    outputs.update({k: model.get_layer(layers[k]).output for k in missing})
+    outputs.update(precision.float32({k: model.get_layer(layers[k]).output for k in missing}))
     return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
