@@ -64,9 +64,9 @@ class Config:
     teacher_epochs: int = 2
     student_epochs: int = 2
     fitnet_epochs: int = 1
-    transfer_epochs: int = 4
+    transfer_epochs: int = 5
     teacher_transfer_epochs: int = 5       # the align/verify teacher's; 0 = transfer_epochs
-    pretrain_transfer_epochs: int = 3      # the Pretrain students' after their pretraining; 0 = transfer_epochs
+    pretrain_transfer_epochs: int = 2      # the Pretrain students' after their pretraining; 0 = transfer_epochs
     pretrain_epochs: int = 6
     steps_per_execution: int = 1
 
