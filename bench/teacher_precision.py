@@ -1,12 +1,13 @@
 """The teacher in mixed bfloat16 (--teacher_precision, keras_kd/models/precision.py) ÷ in float32.
 
-    python -m bench.teacher_precision [--size=48] [--batch=32] [--repeats=7]
+    python -m bench.teacher_precision [--size=48] [--batch=32] [--repeats=7] [--blocks=1,1,1,1]
 
 The same ResNet-50 teacher weights built twice, float32 and mixed bfloat16 (float32 variables and outputs),
 timed in alternating rounds on a fixed batch: its forward pass in inference (what every distillation step
 and every evaluation pays), its own label-trained step, and the /8 student's "Ours" step with it online
 (student float32 in both). Also printed: the largest difference of the teacher's logits and K between the
-two, relative to their largest value. With --teacher_precision=auto, keras-kd takes bfloat16 where the CPU
+two, relative to their largest value. --blocks makes every network a shallower ResNet (a quick check of the
+benchmark itself, not a measurement). With --teacher_precision=auto, keras-kd takes bfloat16 where the CPU
 has AMX (the header's CPU line says which CPU this is).
 """
 from __future__ import annotations
@@ -27,28 +28,35 @@ def main(argv=None) -> list:
     p.add_argument("--size", type=int, default=common.QUICK)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7, help="alternating rounds per variant (median)")
+    p.add_argument("--blocks", default="", help="residual blocks per stage (default ResNet-50's 3,4,6,3)")
     args = p.parse_args(argv)
+    blocks = tuple(common.ints(args.blocks)) if args.blocks else ()
     common.header("teacher_precision")
     print("# CPU flags: " + ", ".join(f"{f} {cpu.has(f)}" for f in ("amx_bf16", "avx512_bf16", "avx512f")),
           flush=True)
     size, batch, classes = args.size, args.batch, common.QUICK_CLASSES
     x, y = common.random_batch(batch, size, classes)
     keras.utils.set_random_seed(0)
-    weights = archs.build_model("resnet50", 1, size, classes, name="teacher").get_weights()
+
+    def build(width, compute="float32"):
+        return archs.build_model("resnet50", width, size, classes, name="teacher" if width == 1 else "student",
+                                 compute=compute, blocks=blocks)
+
+    weights = build(1).get_weights()
     teachers, cases = {}, {}
     for compute in ("float32", "bfloat16"):
-        t = archs.build_model("resnet50", 1, size, classes, name="teacher", compute=compute)
+        t = build(1, compute)
         t.set_weights(weights)
         teachers[compute] = t
         forward = tf.function(lambda images, t=t: t(images, training=False))
         cases.setdefault("teacher forward (inference)", {})[compute] = (
             lambda f=forward: float(tf.reduce_sum(f(x)["logits"])))
-        plain = archs.build_model("resnet50", 1, size, classes, name="teacher", compute=compute)
+        plain = build(1, compute)
         plain.set_weights(weights)
         cases.setdefault("teacher train step", {})[compute] = common.step_fn(
             common.distiller(1, size, classes, "plain", student=plain), x, y)
         cases.setdefault("/8 \"Ours\" step, teacher online", {})[compute] = common.step_fn(
-            common.distiller(8, size, classes, "online", t), x, y)
+            common.distiller(8, size, classes, "online", t, student=build(8)), x, y)
     out32, out16 = (teachers[c](x, training=False) for c in ("float32", "bfloat16"))
     diff = {k: float(np.abs(out16[k] - out32[k]).max() / np.abs(out32[k]).max()) for k in ("logits", "hidden")}
     rows = []
