@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import time
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from keras_kd.keras import keras, tf
 from keras_kd.models import archs
 
 
-def main(argv=None) -> list:
+def main(argv=None) -> Tuple[List[dict], Dict[str, float]]:
     p = common.parser(__doc__)
     p.add_argument("--size", type=int, default=common.QUICK)
     p.add_argument("--batch", type=int, default=32)
@@ -63,24 +64,37 @@ def main(argv=None) -> list:
     for case, fns in cases.items():
         t0 = time.perf_counter()
         secs = common.rounds(fns, args.repeats, number=1, warmup=2)
-        rows.append({"case": case, "size": size, "batch": batch, "float32_s": secs["float32"],
-                     "bfloat16_s": secs["bfloat16"], "ratio": secs["bfloat16"] / secs["float32"]})
+        rows.append(row(case, size, batch, secs))
         print(f"# {case}: float32 {secs['float32'] * 1e3:.1f} ms, bfloat16 {secs['bfloat16'] * 1e3:.1f} ms "
               f"({time.perf_counter() - t0:.0f} s); {common.load()}", flush=True)
         gc.collect()
+    text, line = report(rows, diff)
     print()
-    print(common.table(["step", "input", "batch", "teacher float32 (s)", "teacher bfloat16 (s)", "bfloat16 ÷ float32"],
-                       [[r["case"], r["size"], r["batch"], r["float32_s"], r["bfloat16_s"], f"{r['ratio']:.2f}"]
-                        for r in rows]))
-    print(f"\nlargest difference of the teacher's outputs, bfloat16 against float32 (relative to the largest "
-          f"value): logits {diff['logits']:.1e}, K {diff['hidden']:.1e}")
+    print(text)
     common.write_json(args.json, "teacher_precision", {"rows": rows, "max_rel_diff": diff})
     common.footer()
-    print("RATIO teacher_precision: time with the teacher in bfloat16 ÷ in float32: "
-          + ", ".join(f"{r['case']} {r['ratio']:.2f}" for r in rows)
-          + f" (logits differ by {diff['logits']:.0e} of their largest)")
-    return rows
+    print(line)
+    return rows, diff
 
+
+def row(case: str, size: int, batch: int, secs: Dict[str, float]) -> dict:
+    """One case's figures: seconds per call in each precision and bfloat16's ÷ float32's."""
+    return {"case": case, "size": size, "batch": batch, "float32_s": secs["float32"],
+            "bfloat16_s": secs["bfloat16"], "ratio": secs["bfloat16"] / secs["float32"]}
+
+
+def report(rows: List[dict], diff: Dict[str, float]) -> Tuple[str, str]:
+    """(the table and the outputs' difference, the RATIO line)."""
+    text = common.table(["step", "input", "batch", "teacher float32 (s)", "teacher bfloat16 (s)",
+                         "bfloat16 ÷ float32"],
+                        [[r["case"], r["size"], r["batch"], r["float32_s"], r["bfloat16_s"], f"{r['ratio']:.2f}"]
+                         for r in rows])
+    text += (f"\n\nlargest difference of the teacher's outputs, bfloat16 against float32 (relative to the "
+             f"largest value): logits {diff['logits']:.1e}, K {diff['hidden']:.1e}")
+    line = ("RATIO teacher_precision: time with the teacher in bfloat16 ÷ in float32: "
+            + ", ".join(f"{r['case']} {r['ratio']:.2f}" for r in rows)
+            + f" (logits differ by {diff['logits']:.0e} of their largest)")
+    return text, line
 
 if __name__ == "__main__":
     main()

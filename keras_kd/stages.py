@@ -227,10 +227,11 @@ class Runner:
         cfg, task = self.cfg, TASKS[stage.task]
         train_cfg = task.batch_config(cfg, training=True)
         weights = dict(stage.targets)
+        compute = self.compute(stage)
         sig = {"stage": f"{stage.task}/{stage.name}", "width_divisor": stage.width_divisor,
                **_arch_fields(stage, cfg),
                # absent in float32, so that records saved before bfloat16 teachers keep their signatures
-               **({"precision": self.compute(stage)} if self.compute(stage) != "float32" else {}),
+               **({"precision": compute} if compute != "float32" else {}),
                "init": stage.init,
                "epochs": stage.epochs, "lr": stage.lr, "task_loss": stage.task_loss,
                "alpha": weights.pop("soft", 0.0), "beta": weights.pop("hidden", 0.0),
