@@ -254,3 +254,13 @@ def test_a_linear_head_gives_an_embedding_teacher_cross_fitted_logits(tmp_path):
     assert (cache.outputs["logits"].argmax(1) == recs["train"]["label"]).mean() > 0.9
     with pytest.raises(DataError, match=r"l\.npz: already has out_logits"):
         linear_head.add_logits(str(tmp_path / "l.npz"), str(data), log=lambda *_: None)
+    # With flipped views: the same heads give the flipped embeddings' logits (the un-flipped ones unchanged).
+    flip = emb + rng.normal(0, 0.3, emb.shape)
+    outputs.save(str(path), srcs, ["train"] * len(recs["train"]["source"]) + ["test"] * len(recs["test"]["source"]),
+                 {"embedding": emb, "embedding_flip": flip}, str(data), teacher="clusters")
+    linear_head.add_logits(str(path), str(data), out=str(tmp_path / "f.npz"), folds=3, log=lambda *_: None)
+    got = outputs.load(str(tmp_path / "f.npz"), str(data)).outputs
+    assert set(got) == {"embedding", "embedding_flip", "hidden", "hidden_flip", "logits", "logits_flip"}
+    np.testing.assert_allclose(got["logits"], cache.outputs["logits"], rtol=1e-5, atol=1e-5)
+    assert (got["logits_flip"].argmax(1) == recs["train"]["label"]).mean() > 0.9
+    assert not np.allclose(got["logits_flip"], got["logits"])

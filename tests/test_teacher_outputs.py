@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from keras_kd.data import synthetic
+from keras_kd.data import pipeline, synthetic
 from keras_kd.data.example import DataError
+from keras_kd.keras import tf
 from keras_kd.teachers import outputs
 
 WIDTH = 8
@@ -105,6 +106,49 @@ def test_landmarks_of_the_wrong_shape_are_refused(tmp_path, data):
 def test_unknown_outputs_are_refused_when_saving(tmp_path, data):
     with pytest.raises(ValueError, match=r"unknown teacher outputs \['features'\]"):
         _save(tmp_path / "t.npz", data, features=data["emb"])
+
+
+def test_flipped_views_reach_the_training_cache_and_not_the_evaluation(tmp_path, data):
+    flip = data["emb"][:, ::-1].copy()
+    path = _save(tmp_path / "t.npz", data, embedding_flip=flip)
+    cache = outputs.load(path, data["dir"])
+    n_train = len(data["train"]["source"])
+    assert set(cache.outputs) == {"embedding", "embedding_flip", "hidden", "hidden_flip"}
+    np.testing.assert_array_equal(cache.outputs["hidden_flip"], flip[:n_train])  # K's flip is the embedding's
+    assert set(outputs.eval_outputs(path, data["dir"])) == {"embedding", "hidden", "label", "source"}
+
+
+def test_flipped_views_must_match_their_outputs(tmp_path, data):
+    n = len(data["sources"])
+    path = _save(tmp_path / "t.npz", data, embedding_flip=np.zeros((n, WIDTH + 1)))
+    with pytest.raises(DataError, match=rf"t\.npz: out_embedding_flip has shape \[{n}, 9\], out_embedding \[{n}, 8\]"):
+        outputs.load(path, data["dir"])
+    path = _save(tmp_path / "some.npz", data, embedding_flip=data["emb"], logits=np.zeros((n, 3)))
+    with pytest.raises(DataError, match=r"some\.npz: flipped views for some outputs only \(none for out_logits\)"):
+        outputs.load(path, data["dir"])
+    path = _save(tmp_path / "alone.npz", data, logits_flip=np.zeros((n, 3)))
+    with pytest.raises(DataError, match=r"alone\.npz: out_logits_flip without out_logits"):
+        outputs.load(path, data["dir"])
+
+
+def test_a_flipped_training_image_gets_the_teachers_outputs_of_the_flipped_view():
+    """A file with flipped views, in training: pipeline._crop_flip on a horizontal ramp: the crop is flipped when its first column is its brightest."""
+    cfg = pipeline.InputConfig(image_size=32, batch_size=1)
+    ramp = np.tile(np.linspace(0, 255, cfg.resize_size).astype(np.uint8)[None, :, None], (cfg.resize_size, 1, 3))
+    ex = {"image": tf.constant(ramp), "landmarks": tf.zeros([5, 2]), "label": tf.constant(0),
+          "has_landmarks": tf.constant(True), "source": tf.constant(b"a"),
+          "teacher": {"logits": tf.constant([1.0, 0.0]), "logits_flip": tf.constant([0.0, 1.0])}}
+    tf.random.set_seed(0)
+    seen = set()
+    for _ in range(24):
+        image, targets = pipeline._crop_flip(ex, cfg, training=True)
+        flipped = bool(image[0, 0, 0] > image[0, -1, 0])
+        assert set(targets["teacher"]) == {"logits"}
+        assert targets["teacher"]["logits"].numpy().tolist() == ([0.0, 1.0] if flipped else [1.0, 0.0])
+        seen.add(flipped)
+    assert seen == {True, False}
+    _, targets = pipeline._crop_flip(ex, cfg, training=False)  # evaluation: the un-flipped view, no flip key
+    assert set(targets["teacher"]) == {"logits"} and targets["teacher"]["logits"].numpy().tolist() == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("kind", ["text", "npy", "other_npz", "truncated"])

@@ -74,6 +74,19 @@ def test_the_cli_writes_beside_the_data_with_2_processes_the_same_descriptors(da
     np.testing.assert_allclose(out_a["embedding"], out_b["embedding"], atol=1e-5)  # per-process models agree
 
 
+def test_flip_adds_the_mirror_images_descriptors(data, written, tmp_path):
+    d, counts = data
+    path = dlib_teacher.write(d, str(tmp_path / "flip.npz"), processes=1, log=lambda *_: None, flip=True)
+    _, src, _, out = outputs.read(path)
+    _, src0, _, out0 = outputs.read(written[0])
+    assert list(src) == list(src0) and set(out) == {"embedding", "embedding_flip", "hidden", "hidden_flip"}
+    np.testing.assert_allclose(out["embedding"], out0["embedding"], atol=1e-5)  # the un-flipped view unchanged
+    dlib_teacher._init(150)
+    first = next(dlib_teacher._records(d, ["train"]))[2]
+    np.testing.assert_allclose(out["embedding_flip"][0], dlib_teacher.embed_images([first[:, ::-1].copy()])[0],
+                               atol=1e-5)
+
+
 def test_another_chip_size_is_resized_to_the_networks_150(data, tmp_path):
     d, counts = data
     path = dlib_teacher.write(d, str(tmp_path / "small.npz"), chip_size=64, processes=1, log=lambda *_: None)

@@ -28,6 +28,9 @@ from keras_kd.keras import tf
 
 # Mirroring an image swaps left and right: eyes (0, 1) and mouth corners (3, 4); the nose (2) stays.
 FLIP_PERMUTATION = (1, 0, 2, 4, 3)
+# Precomputed teacher outputs (targets["teacher"]) may hold each output's view of the flipped centre crop
+# too, under this suffix ("logits_flip"): a flipped training image is paired with it (`teacher_view`).
+FLIP_VIEW = "_flip"
 # The paper resizes to 256 and crops 224; other input sizes keep that proportion.
 CROP_RATIO = 224 / 256
 AUTOTUNE = tf.data.AUTOTUNE
@@ -79,6 +82,16 @@ def _decode(rec, resize: int):
             "source": rec["source"]}
 
 
+def teacher_view(teacher: dict, flipped=None) -> dict:
+    """The precomputed teacher outputs of the image the student sees: each output's flipped view where the
+    image was flipped (a scalar bool tensor) and the outputs have one; the un-flipped view otherwise."""
+    out = {k: v for k, v in teacher.items() if not k.endswith(FLIP_VIEW)}
+    if flipped is None:
+        return out
+    return {k: tf.where(flipped, teacher[k + FLIP_VIEW], v) if k + FLIP_VIEW in teacher else v
+            for k, v in out.items()}
+
+
 def _crop_flip(ex, cfg: InputConfig, training: bool):
     size, resize = cfg.image_size, cfg.resize_size
     image, points = ex["image"], ex["landmarks"]
@@ -88,6 +101,7 @@ def _crop_flip(ex, cfg: InputConfig, training: bool):
         off = tf.fill([2], (resize - size) // 2)
     image = tf.image.crop_to_bounding_box(image, off[0], off[1], size, size)
     points = points - tf.cast(tf.stack([off[1], off[0]]), tf.float32)
+    do_flip = None
     if training and cfg.augment and cfg.flip:
         do_flip = tf.random.uniform([]) < 0.5
         image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
@@ -97,7 +111,7 @@ def _crop_flip(ex, cfg: InputConfig, training: bool):
     points = tf.reshape(points / size, [NUM_LANDMARKS, 2])
     targets = {"label": ex["label"], "landmarks": points, "has_landmarks": ex["has_landmarks"]}
     if "teacher" in ex:
-        targets["teacher"] = ex["teacher"]  # cached teacher outputs (distill/teacher_cache.py)
+        targets["teacher"] = teacher_view(ex["teacher"], do_flip)  # cached outputs (distill/teacher_cache.py)
     if not training:
         targets["source"] = ex["source"]  # evaluation matches pairs.txt by file name
     return image, targets

@@ -1,12 +1,14 @@
 """dlib's pretrained face recognition ResNet as an offline teacher: its 128-d embedding of every record.
 
-    python -m keras_kd.teachers.dlib DATA_DIR [--out=PATH] [--chip_size=150] [--processes=2]
+    python -m keras_kd.teachers.dlib DATA_DIR [--out=PATH] [--flip] [--chip_size=150] [--processes=2]
 
 The teacher is ``dlib_face_recognition_resnet_model_v1`` (a 29-layer ResNet trained on ~3M faces by dlib,
 99.38% on LFW in its authors' protocol), shipped as a file in ``face_recognition_models``
 (``pip install -r requirements-teachers.txt``; nothing downloads at run time). keras-kd cannot run it in a
 Keras graph, so this writes its outputs once, as a teacher-outputs file (``keras_kd/teachers/outputs.py``;
-default ``DATA_DIR/teacher_outputs/dlib.npz``) holding ``out_embedding`` [N, 128] for both splits.
+default ``DATA_DIR/teacher_outputs/dlib.npz``) holding ``out_embedding`` [N, 128] for both splits, and with
+``--flip`` ``out_embedding_flip``, the embedding of each image flipped left-right (twice the time), which a
+flipped training image is distilled towards.
 
 Alignment (`keras_kd.data.face_align.Aligner`): the stored images are already centred face crops, so there
 is no detector: dlib's 5-point ``shape_predictor_5_face_landmarks`` runs on the box of the image's middle two
@@ -70,6 +72,13 @@ def embed_images(images: List[np.ndarray]) -> np.ndarray:
     return np.array([np.array(d) for d in net.compute_face_descriptor(chips)], np.float32).reshape(-1, WIDTH)
 
 
+def embed_flipped(images: List[np.ndarray]) -> np.ndarray:
+    """float32 [n, 2, 128]: each image's descriptor and its mirror image's."""
+    mirrored = [np.ascontiguousarray(img[:, ::-1]) for img in images]
+    both = embed_images(list(images) + mirrored)
+    return np.stack([both[:len(images)], both[len(images):]], axis=1)
+
+
 def _records(data_dir: str, splits: Iterable[str]) -> Iterator[tuple]:
     """(split, source, uint8 RGB image) of every record of `splits`, in file order."""
     from keras_kd.data.example import parse_example, shard_paths
@@ -100,8 +109,9 @@ def _chunks(records: Iterator[tuple], meta: list) -> Iterator[List[np.ndarray]]:
 
 
 def write(data_dir: str, out: Optional[str] = None, chip_size: int = NET_CHIP, processes: int = 2,
-          log: Callable[[str], None] = print) -> str:
+          log: Callable[[str], None] = print, flip: bool = False) -> str:
     """Writes dlib's embedding of every record of `data_dir` (both splits) as a teacher-outputs file; its path.
+    `flip`: the mirror image's embedding too (out_embedding_flip).
 
     DataError when `data_dir` is not converted data, DlibMissing without dlib.
     """
@@ -115,7 +125,9 @@ def write(data_dir: str, out: Optional[str] = None, chip_size: int = NET_CHIP, p
     total = sum(int(meta.get("splits", {}).get(s, 0)) for s in SPLITS)
     out = out or os.path.join(data_dir, DEFAULT_OUT)
     processes = max(1, min(processes, os.cpu_count() or 1))
-    log(f"[dlib] {total} images of {data_dir} ({meta['name']}), {processes} process(es), {chip_size} px chips")
+    log(f"[dlib] {total} images of {data_dir} ({meta['name']}), {processes} process(es), {chip_size} px chips"
+        + (", and each one flipped" if flip else ""))
+    embed = embed_flipped if flip else embed_images
 
     keys: list = []
     embeddings: List[np.ndarray] = []
@@ -136,10 +148,10 @@ def write(data_dir: str, out: Optional[str] = None, chip_size: int = NET_CHIP, p
     if processes > 1:
         # spawn: the parent runs TensorFlow's threads, which a forked child must not inherit
         pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_init, initargs=(chip_size,))
-        results = pool.imap(embed_images, bounded(chunks))
+        results = pool.imap(embed, bounded(chunks))
     else:
         _init(chip_size)
-        results = map(embed_images, bounded(chunks))
+        results = map(embed, bounded(chunks))
     try:
         n = 0
         for emb in results:
@@ -160,7 +172,8 @@ def write(data_dir: str, out: Optional[str] = None, chip_size: int = NET_CHIP, p
     assert len(emb) == len(keys), (len(emb), len(keys))
     seconds = time.time() - start
     splits = [s for s, _ in keys]
-    outputs.save(out, [src for _, src in keys], splits, {"embedding": emb}, data_dir, teacher=TEACHER,
+    outs = {"embedding": emb[:, 0], "embedding" + outputs.FLIP: emb[:, 1]} if flip else {"embedding": emb}
+    outputs.save(out, [src for _, src in keys], splits, outs, data_dir, teacher=TEACHER,
                  chip_size=chip_size, padding=PADDING, box="middle two thirds of the stored image",
                  images_per_s=round(len(emb) / seconds, 2))
     log(f"[dlib] wrote {len(emb)} embeddings ({splits.count('train')} train, {splits.count('test')} test) to "
@@ -176,6 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--chip_size", type=int, default=NET_CHIP,
                         help="side of the aligned face chip; other than 150 it is resized to the network's 150")
     parser.add_argument("--processes", type=int, default=2, help="worker processes (1: none)")
+    parser.add_argument("--flip", action="store_true",
+                        help="also each image's mirror image's embedding (out_embedding_flip; twice the time)")
     args = parser.parse_args(argv)
     if args.chip_size < 16:
         parser.error(f"--chip_size must be at least 16, got {args.chip_size}")
@@ -186,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from keras_kd.data.example import DataError
     try:
-        write(args.data_dir, args.out, args.chip_size, args.processes)
+        write(args.data_dir, args.out, args.chip_size, args.processes, flip=args.flip)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

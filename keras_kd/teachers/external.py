@@ -201,7 +201,7 @@ class ExternalTeacher:
         self.params = self.flops = 0  # unknown for a file of outputs
         if self.offline:
             _, _, _, outs = outputs_lib.read(self.path)
-            self.widths = {k: tuple(v.shape[1:]) for k, v in outs.items()}
+            self.widths = {k: tuple(v.shape[1:]) for k, v in outputs_lib.views(outs).items()}
         else:
             with tf.init_scope():
                 probe = load_model(self.path, cfg.image_size, cfg.teacher_spec)

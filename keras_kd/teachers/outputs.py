@@ -8,14 +8,18 @@ converted data, and its outputs are written to one ``.npz`` file (``--teacher_ou
     out_<name>     float32 [N, ...]  one array per output: ``embedding`` [N, D], ``logits`` [N, C],
                                      ``hidden`` [N, D] (K; ``embedding`` when absent), ``landmarks`` [N, 5, 2]
                                      in crop-normalized (x, y) of the un-augmented centre crop
+    out_<name>_flip                  optional, for every output or none: the same output for the centre crop
+                                     flipped left-right (landmarks in the flipped crop's coordinates)
     meta           str (JSON)        {"format": "keras-kd/teacher-outputs", "version": 1, "data": meta.json's
                                      name, "data_meta_sha256": ..., "teacher": free text, ...}
 
 ``save`` writes it (numpy only: any Python process can); ``load`` checks it against the data before anything
 trains (the same data set by meta.json's hash, every train record present, finite values, consistent
 shapes) and returns a ``TeacherCache``: the train split's outputs stream with each batch exactly as
-``--teacher_cache`` targets do, one view per record (the un-augmented one). The test split's outputs, when
-present, let the teacher be evaluated like any model (``evaluate_outputs``).
+``--teacher_cache`` targets do. A training image is a random crop, flipped half the time; with the flipped
+view in the file, a flipped image is distilled towards the teacher's outputs for the flipped face, not for
+the face it mirrors (a face descriptor is not flip-invariant). The test split's outputs, when present, let
+the teacher be evaluated like any model (``eval_outputs``).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from keras_kd.data import pipeline
 from keras_kd.data.example import META_FILE, NUM_LANDMARKS, DataError, parse_example, read_meta, shard_paths
 from keras_kd.distill.teacher_cache import TeacherCache
 from keras_kd.io import sha256_file, write_npz
@@ -34,6 +39,12 @@ from keras_kd.keras import tf
 FORMAT = "keras-kd/teacher-outputs"
 VERSION = 1
 NAMES = ("embedding", "logits", "hidden", "landmarks")
+FLIP = pipeline.FLIP_VIEW  # key suffix of an output's flipped view: out_embedding_flip
+
+
+def base_name(key: str) -> str:
+    """The output a key holds a view of: "embedding" for "embedding" and "embedding_flip"."""
+    return key[:-len(FLIP)] if key.endswith(FLIP) else key
 
 
 def data_records(data_dir: str, split: str) -> Dict[str, np.ndarray]:
@@ -51,9 +62,9 @@ def data_records(data_dir: str, split: str) -> Dict[str, np.ndarray]:
 def save(path: str, sources: Sequence[str], splits: Sequence[str], outputs: Mapping[str, np.ndarray],
          data_dir: str, teacher: str, **extra) -> None:
     """Writes a teacher-outputs file for the records of `data_dir` (atomically: temp file + rename)."""
-    unknown = set(outputs) - set(NAMES)
+    unknown = {k for k in outputs if base_name(k) not in NAMES}
     if unknown:
-        raise ValueError(f"unknown teacher outputs {sorted(unknown)}; known: {', '.join(NAMES)}")
+        raise ValueError(f"unknown teacher outputs {sorted(unknown)}; known: {', '.join(NAMES)} (+ {FLIP})")
     meta = {"format": FORMAT, "version": VERSION, "data": read_meta(data_dir)["name"],
             "data_meta_sha256": sha256_file(os.path.join(data_dir, META_FILE)), "teacher": teacher, **extra}
     write_npz(path, sources=np.array([str(s) for s in sources]), splits=np.array([str(s) for s in splits]),
@@ -82,22 +93,39 @@ def read(path: str) -> tuple:
     if not outputs:
         raise DataError(f"{path}: holds no teacher output (out_embedding, out_logits, out_hidden or out_landmarks)")
     for k, v in outputs.items():
-        if k not in NAMES:
-            raise DataError(f"{path}: unknown output out_{k}; known: {', '.join(NAMES)}")
+        name = base_name(k)
+        if name not in NAMES:
+            raise DataError(f"{path}: unknown output out_{k}; known: {', '.join(NAMES)} (each with or without {FLIP})")
         if len(v) != n:
             raise DataError(f"{path}: out_{k} has {len(v)} rows for {n} records")
-        want = 3 if k == "landmarks" else 2
-        if v.ndim != want or (k == "landmarks" and v.shape[1:] != (NUM_LANDMARKS, 2)):
+        want = 3 if name == "landmarks" else 2
+        if v.ndim != want or (name == "landmarks" and v.shape[1:] != (NUM_LANDMARKS, 2)):
             raise DataError(f"{path}: out_{k} has shape {list(v.shape)}; expected "
-                            + ("[N, 5, 2]" if k == "landmarks" else "[N, width]"))
+                            + ("[N, 5, 2]" if name == "landmarks" else "[N, width]"))
+        if name not in outputs:
+            raise DataError(f"{path}: out_{k} without out_{name}")
+        if k != name and v.shape != outputs[name].shape:
+            raise DataError(f"{path}: out_{k} has shape {list(v.shape)}, out_{name} {list(outputs[name].shape)}")
         if not np.all(np.isfinite(v)):
             row = int(np.argwhere(~np.isfinite(v))[0][0])
             raise DataError(f"{path}: out_{k} holds NaN or infinite values (row {row}, {sources[row]})")
+    flipped = {base_name(k) for k in outputs if k.endswith(FLIP)}
+    if flipped and flipped != set(outputs) - {k for k in outputs if k.endswith(FLIP)}:
+        lacking = sorted(k for k in outputs if not k.endswith(FLIP) and k not in flipped)
+        raise DataError(f"{path}: flipped views for some outputs only (none for out_{lacking[0]}): "
+                        "give every output's or none")
     if len(set(sources.tolist())) != n:
         raise DataError(f"{path}: a source is listed twice")
     if "hidden" not in outputs and "embedding" in outputs:
         outputs["hidden"] = outputs["embedding"]  # the teacher's K is its embedding
+        if "embedding" + FLIP in outputs:
+            outputs["hidden" + FLIP] = outputs["embedding" + FLIP]
     return meta, sources, splits, outputs
+
+
+def views(outputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The outputs without their flipped views: what the teacher outputs for one image."""
+    return {k: v for k, v in outputs.items() if not k.endswith(FLIP)}
 
 
 def _check_data(path: str, meta: dict, data_dir: str) -> None:
@@ -138,5 +166,5 @@ def eval_outputs(path: str, data_dir: str) -> Optional[Dict[str, np.ndarray]]:
         raise DataError(f"{path}: {len(missing)} of the {len(recs['source'])} test records of {data_dir} have no "
                         f"teacher output (first: {missing[0]})")
     rows = np.array([index[s] for s in recs["source"]], np.int64)
-    return {**{k: v[rows] for k, v in outputs.items()}, "label": recs["label"],
+    return {**{k: v[rows] for k, v in views(outputs).items()}, "label": recs["label"],
             "source": np.array([s.encode() for s in recs["source"]], dtype=object)}
