@@ -132,7 +132,8 @@ def test_flipped_views_must_match_their_outputs(tmp_path, data):
 
 
 def test_a_flipped_training_image_gets_the_teachers_outputs_of_the_flipped_view():
-    """A file with flipped views, in training: pipeline._crop_flip on a horizontal ramp: the crop is flipped when its first column is its brightest."""
+    """A file with flipped views, in training (pipeline._crop_flip on a horizontal ramp: the crop is flipped
+    when its first column is its brightest)."""
     cfg = pipeline.InputConfig(image_size=32, batch_size=1)
     ramp = np.tile(np.linspace(0, 255, cfg.resize_size).astype(np.uint8)[None, :, None], (cfg.resize_size, 1, 3))
     ex = {"image": tf.constant(ramp), "landmarks": tf.zeros([5, 2]), "label": tf.constant(0),
