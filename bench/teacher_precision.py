@@ -96,5 +96,6 @@ def report(rows: List[dict], diff: Dict[str, float]) -> Tuple[str, str]:
             + f" (logits differ by {diff['logits']:.0e} of their largest)")
     return text, line
 
+
 if __name__ == "__main__":
     main()

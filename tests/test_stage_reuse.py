@@ -178,7 +178,6 @@ def test_main_stops_with_one_line_naming_the_changed_flag(data_dir, tmp_path, pa
                        "--overwrite to retrain or another --model_dir")
 
 
-
 def test_the_teachers_precision_shapes_it_and_what_it_taught_only(data_dir, tmp_path):
     """A teacher trained in float32 is not reused as a bfloat16 one (nor its distilled students); the
     label-only student, which never saw it, is."""

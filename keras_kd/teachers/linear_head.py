@@ -62,33 +62,36 @@ def add_logits(path: str, data_dir: str, out: str = "", folds: int = 5, l2: floa
     outputs_lib.load(path, data_dir, "train")  # the checks: same data, every train record present
     rows = np.array([index[s] for s in train["source"]])
     x, y = _unit(outs["embedding"][rows].astype(np.float64)), train["label"]
-    flip = "embedding" + outputs_lib.FLIP  # a file with flipped views gets the head's logits of them too
-    views = [v for v in ("embedding", flip) if v in outs]
+    # A file with flipped views (key suffix FLIP) gets the same heads' logits of them too.
+    views = [v for v in ("", outputs_lib.FLIP) if "embedding" + v in outs]
     logits = {v: np.zeros((len(sources), classes), np.float32) for v in views}
+
+    def predict(v, at, w, b):
+        logits[v][at] = _unit(outs["embedding" + v][at].astype(np.float64)) @ w + b
+
     fold = np.random.default_rng(seed).permutation(len(rows)) % folds
     correct = 0
     for k in range(folds):
         w, b = fit(x[fold != k], y[fold != k], classes, l2)
         for v in views:
-            logits[v][rows[fold == k]] = _unit(outs[v][rows[fold == k]].astype(np.float64)) @ w + b
-        correct += int(np.sum(logits["embedding"][rows[fold == k]].argmax(1) == y[fold == k]))
+            predict(v, rows[fold == k], w, b)
+        correct += int(np.sum(logits[""][rows[fold == k]].argmax(1) == y[fold == k]))
     w, b = fit(x, y, classes, l2)
     test = np.array([i for i, s in enumerate(splits) if s == "test"], np.int64)
     if len(test):
         for v in views:
-            logits[v][test] = _unit(outs[v][test].astype(np.float64)) @ w + b
+            predict(v, test, w, b)
     stats = {"cv_top1": correct / len(rows)}
     recs = outputs_lib.data_records(data_dir, "test")
     known = set(train["label"].tolist())
     tl = {s: l for s, l in zip(recs["source"], recs["label"])}
     seen = [i for i in test if tl.get(sources[i]) in known]
     if seen:
-        stats["test_top1_seen_identities"] = float(np.mean([logits["embedding"][i].argmax() == tl[sources[i]]
-                                                            for i in seen]))
+        stats["test_top1_seen_identities"] = float(np.mean([logits[""][i].argmax() == tl[sources[i]] for i in seen]))
     # Not the "hidden" that read() derives from the embedding when the file has none.
-    derived = {"hidden": "embedding", "hidden" + outputs_lib.FLIP: flip}
-    save = {k: v for k, v in outs.items() if not (k in derived and v is outs.get(derived[k]))}
-    save.update({v.replace("embedding", "logits"): z for v, z in logits.items()})
+    derived = {"hidden" + v: outs.get("embedding" + v) for v in views}
+    save = {k: v for k, v in outs.items() if not (k in derived and v is derived[k])}
+    save.update({"logits" + v: z for v, z in logits.items()})
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "data", "data_meta_sha256", "teacher")}
     extra["logits"] = (f"linear softmax head on the unit embedding, L2 {l2:g}; train records {folds}-fold "
                        f"cross-fitted, test records from the head fitted on all train records")

@@ -110,8 +110,8 @@ def read(path: str) -> tuple:
             row = int(np.argwhere(~np.isfinite(v))[0][0])
             raise DataError(f"{path}: out_{k} holds NaN or infinite values (row {row}, {sources[row]})")
     flipped = {base_name(k) for k in outputs if k.endswith(FLIP)}
-    if flipped and flipped != set(outputs) - {k for k in outputs if k.endswith(FLIP)}:
-        lacking = sorted(k for k in outputs if not k.endswith(FLIP) and k not in flipped)
+    lacking = sorted(set(views(outputs)) - flipped)
+    if flipped and lacking:
         raise DataError(f"{path}: flipped views for some outputs only (none for out_{lacking[0]}): "
                         "give every output's or none")
     if len(set(sources.tolist())) != n:
@@ -125,7 +125,7 @@ def read(path: str) -> tuple:
 
 def views(outputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The outputs without their flipped views: what the teacher outputs for one image."""
-    return {k: v for k, v in outputs.items() if not k.endswith(FLIP)}
+    return pipeline.teacher_view(outputs)
 
 
 def _check_data(path: str, meta: dict, data_dir: str) -> None:
