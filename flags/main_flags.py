@@ -155,9 +155,8 @@ flags.DEFINE_integer("steps_per_execution", _d("steps_per_execution"),
 flags.DEFINE_float("temperature", _d("temperature"), "Soft-target temperature τ.", lower_bound=0.01)
 flags.DEFINE_bool("tau2", _d("tau2"), "Scale the soft-target loss by τ² (Hinton); the paper does not.")
 flags.DEFINE_float("alpha", _d("alpha"), "Weight of the classification distillation target.", lower_bound=0)
-flags.DEFINE_multi_enum("cls_inits", _d("cls_inits"), ["label", "scratch", "fitnet"],
-                        "Classification students: label = all layers initialized (the paper's), "
-                        "scratch, fitnet.")
+flags.DEFINE_list("cls_inits", _d("cls_inits"), "Classification students: label = all layers initialized (the "
+                  "paper's), scratch, fitnet, select = every k-th channel of the teacher's weights (ResNet only).")
 flags.DEFINE_list("scratch_targets", _d("scratch_targets"), "Targets of students distilled from scratch (Table 1): "
                   "soft, logits, hidden.")
 flags.DEFINE_list("transfer_inits", _d("transfer_inits"), "Alignment/verification student inits.")
@@ -207,6 +206,8 @@ flags.register_validator("student_arch", lambda v: bool(v) and set(v) <= set(arc
 flags.register_validator("ab_grid", _ab_pairs, "--ab_grid: α:β pairs of numbers, e.g. 0:0,0:1,1:0")
 flags.register_validator("scratch_targets", lambda v: set(v) <= {"soft", "logits", "hidden"},
                          "--scratch_targets: any of soft, logits, hidden")
+flags.register_validator("cls_inits", lambda v: bool(v) and set(v) <= {"label", "scratch", "fitnet", "select"},
+                         "--cls_inits: any of label, scratch, fitnet, select")
 flags.register_validator("transfer_inits", lambda v: bool(v) and set(v) <= {"pretrain", "distill"},
                          "--transfer_inits: any of pretrain, distill")
 flags.register_validator("verify_softmax", lambda v: v is None or (bool(v) and set(v) <= {"off", "on"}),

@@ -74,7 +74,7 @@ class Config:
     temperature: float = 3.0
     tau2: bool = False
     alpha: float = 1.0                     # weight of the classification KD target
-    cls_inits: Tuple[str, ...] = ("label", "scratch", "fitnet")
+    cls_inits: Tuple[str, ...] = ("label", "scratch", "fitnet", "select")
     scratch_targets: Tuple[str, ...] = ("soft",)
     transfer_inits: Tuple[str, ...] = ("pretrain", "distill")
     ab_grid: Tuple[Tuple[float, float], ...] = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0))

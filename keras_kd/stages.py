@@ -136,8 +136,8 @@ class Runner:
                 for s in stages:
                     if s.distilled_from is not None:
                         self.external.check(s, self.num_classes)
-            for spec, why in t.skipped_methods(self.cfg):
-                self.log(f"[plan] {task}: --methods={spec} skipped: {why}")
+            for what, why in t.skipped(self.cfg):
+                self.log(f"[plan] {task}: {what} skipped: {why}")
         return self._plans[task]
 
     def stage(self, task: str, name: str) -> Stage:
@@ -315,7 +315,8 @@ class Runner:
     def _initial(self, stage: Stage, model: keras.Model) -> None:
         copied = []
         if stage.init_from is not None:
-            copied = network.transfer_weights(self.load(*stage.init_from), model)
+            copy = network.select_weights if stage.init == "select" else network.transfer_weights
+            copied = copy(self.load(*stage.init_from), model)
             self.log(f"[stage] {stage.task}/{stage.name}: initialized {len(copied)} layers from "
                      f"{'/'.join(stage.init_from)}")
         TASKS[stage.task].init_heads(model, copied, self.data_dir(stage.task), self.cfg)

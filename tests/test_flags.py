@@ -39,6 +39,11 @@ def test_val_fraction_defaults_to_a_tenth_and_zero_turns_it_off(parse):
     assert parse("--val_fraction=0").val_fraction == 0.0
 
 
+def test_inits_are_comma_lists(parse):
+    assert parse("--cls_inits=label,select").cls_inits == ("label", "select")
+    assert parse("--cls_inits=select").cls_inits == ("select",)
+
+
 def test_explicit_flag_beats_preset(parse):
     cfg = parse("--preset=smoke", "--image_size=40", "--students=2,4", "--ab_grid=1:1")
     assert cfg.image_size == 40 and cfg.students == (2, 4) and cfg.ab_grid == ((1.0, 1.0),)
@@ -62,7 +67,8 @@ def test_paper_preset_follows_the_paper():
 
 @pytest.mark.parametrize("argv", [["--students=0"], ["--students=a"], ["--ab_grid=0:x"], ["--preset=huge"],
                                   ["--verify_softmax=maybe"], ["--scratch_targets=dark"], ["--image_size=8"],
-                                  ["--cache=ram"], ["--val_fraction=0.6"], ["--val_fraction=-0.1"]])
+                                  ["--cache=ram"], ["--val_fraction=0.6"], ["--val_fraction=-0.1"],
+                                  ["--cls_inits=label,teacher"], ["--cls_inits="]])
 def test_bad_values_are_refused(parse, argv):
     with pytest.raises(flags.Error):
         parse(*argv)

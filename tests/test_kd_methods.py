@@ -543,18 +543,20 @@ def _names(task, cfg):
 def test_default_plans_are_unchanged():
     cfg = Config(students=(8,), verify_softmax=(True,))
     assert _names("classify", cfg) == ["teacher", "student_d8_label", "student_d8_scratch_soft",
-                                       "student_d8_fitnet_hint", "student_d8_fitnet_soft", "student_d8_label_soft"]
+                                       "student_d8_fitnet_hint", "student_d8_fitnet_soft", "student_d8_label_soft",
+                                       "student_d8_select", "student_d8_select_soft"]
     assert _names("align", cfg) == ["teacher", "student_d8_pretrain"] + [
         f"student_d8_{i}_{ab}" for i in ("pretrain", "distill") for ab in ("a0b0", "a0b1", "a1b0")]
     assert _names("verify", cfg)[-1] == "student_d8_distill_a1b0_softmax" and len(_names("verify", cfg)) == 8
-    assert [s.method for s in TASKS["classify"].plan(cfg)][-1] == "soft"
+    assert [s.method for s in TASKS["classify"].plan(cfg)][5] == "soft"
 
 
 def test_methods_add_one_stage_each_on_the_footing_of_ours():
     cfg = Config(students=(8,), verify_softmax=(True,), methods=("none", "soft", "dkd", "soft+at:2", "fitnet"))
     plan = {s.name: s for s in TASKS["classify"].plan(cfg)}
     assert list(plan)[6:] == ["student_d8_label_none", "student_d8_label_dkd", "student_d8_label_soft_at2",
-                              "student_d8_label_hint"]  # "soft" is Ours itself
+                              "student_d8_label_hint",  # "soft" is Ours itself
+                              "student_d8_select", "student_d8_select_soft", "student_d8_select_none"]
     dkd = plan["student_d8_label_dkd"]
     ours = plan["student_d8_label_soft"]
     assert (dkd.init, dkd.init_from, dkd.teacher, dkd.epochs, dkd.lr) == (
@@ -570,23 +572,44 @@ def test_methods_add_one_stage_each_on_the_footing_of_ours():
         ("verify", "teacher_softmax"), True)
 
 
+def test_select_starts_from_the_teacher_and_is_left_out_where_it_cannot_apply():
+    cfg = Config(students=(8, 4), cls_inits=("label", "select"), methods=("none",))
+    plan = {s.name: s for s in TASKS["classify"].plan(cfg)}
+    sel, soft, none = (plan[f"student_d4_select{x}"] for x in ("", "_soft", "_none"))
+    assert (sel.init, sel.init_from, sel.teacher, sel.targets, sel.lr) == ("select", ("classify", "teacher"), None,
+                                                                          (), cfg.lr_scratch)
+    ours = plan["student_d4_label_soft"]
+    assert (soft.init, soft.init_from, soft.targets, soft.lr, soft.epochs) == (
+        "selected", ("classify", "student_d4_select"), ours.targets, ours.lr, ours.epochs)
+    assert (none.init_from, none.teacher, none.targets) == (("classify", "student_d4_select"), None, ())
+    assert not TASKS["classify"].skipped(cfg)
+    mobile = cfg.replace(student_arch=("resnet50", "mobilefacenet"))
+    assert "student_d8_select" in _names("classify", mobile) and not any(
+        n.startswith("student_mbf_select") for n in _names("classify", mobile))
+    (what, why), = TASKS["classify"].skipped(mobile)
+    assert what == "--cls_inits=select for mbf" and "not mobilefacenet" in why
+    brought = cfg.replace(teacher="/models/teacher.keras")
+    assert not any("select" in n for n in _names("classify", brought))
+    assert all("brings its own teacher" in why for _, why in TASKS["classify"].skipped(brought))
+
+
 def test_kd_sets_the_loss_of_ours_and_what_transfer_starts_from():
     cfg = Config(students=(8,), kd="soft:1,hidden:0.5")
-    ours = TASKS["classify"].plan(cfg)[-1]
+    ours = TASKS["classify"].plan(cfg)[5]
     assert (ours.name, ours.targets) == ("student_d8_label_soft_hidden0p5", (("soft", 1.0), ("hidden", 0.5)))
     assert TASKS["align"].plan(cfg)[-1].init_from == ("classify", "student_d8_label_soft_hidden0p5")
     # The default is the paper's soft targets at weight α, under the name it always had.
-    assert TASKS["classify"].plan(Config(students=(8,), alpha=0.5))[-1].targets == (("soft", 0.5),)
+    assert TASKS["classify"].plan(Config(students=(8,), alpha=0.5))[5].targets == (("soft", 0.5),)
 
 
 def test_dkd_is_left_out_where_labels_are_not_the_classification_classes():
     cfg = Config(students=(8,), methods=("dkd", "at"), data="/faces/celeba", cls_data="/faces/casia")
     assert not any(n.endswith("_dkd") for n in _names("align", cfg))
     assert any(n.endswith("_at") for n in _names("align", cfg))
-    assert TASKS["align"].skipped_methods(cfg)[0][0] == "dkd"
+    assert TASKS["align"].skipped(cfg)[0][0] == "--methods=dkd"
     assert "student_d8_label_dkd" in _names("classify", cfg)  # classification always has them
     same = cfg.replace(data="/faces/casia")
-    assert "student_d8_distill_dkd" in _names("align", same) and not TASKS["align"].skipped_methods(same)
+    assert "student_d8_distill_dkd" in _names("align", same) and not TASKS["align"].skipped(same)
 
 
 def test_a_stage_planned_twice_differently_is_a_clear_error(tmp_path):

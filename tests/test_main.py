@@ -26,13 +26,18 @@ def test_classify_trains_distills_and_reports(model_dir):
     models, data = _results(model_dir, "classify")
     assert data["task"] == "classify" and data["preset"] == "smoke" and "synthetic" in data["data"]
     assert set(models) == {"teacher", "student_d8_label", "student_d8_scratch_soft", "student_d8_fitnet_soft",
-                           "student_d8_label_soft"}
+                           "student_d8_label_soft", "student_d8_select", "student_d8_select_soft"}
+    n_layers = sum(1 for line in out.splitlines() if line.startswith("[stage] classify/student_d8_select: initialized")
+                   and line.endswith("layers from classify/teacher"))
+    assert n_layers == 1 and (models["student_d8_select"]["init"], models["student_d8_select_soft"]["init"]) == (
+        "select", "selected")
     assert all(0 <= m["metrics"]["top1"] <= 1 for m in models.values())
     assert models["student_d8_label_soft"]["init"] == "label"
     assert models["student_d8_label_soft"]["targets"] == ["soft"]
     assert models["teacher"]["params"] > 40 * models["student_d8_label"]["params"]
     md = (model_dir / "classify" / "results.md").read_text()
     assert "Table 2 shape" in md and "Ours (all layers initialized)" in md and "Scratch" in md
+    assert "| top-1 | Selected, + soft |" in md
     assert (model_dir / "classify" / "training_curves.png").stat().st_size > 1000
     assert "Table 2 shape" in out  # the table is printed too
 

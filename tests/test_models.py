@@ -150,6 +150,52 @@ def test_transfer_weights_width_mismatch_raises():
         network.transfer_weights(resnet.build_model(8, SIZE, CLASSES), resnet.build_model(8, SIZE, CLASSES + 1))
 
 
+def test_select_weights_takes_every_kth_element_and_copies_equal_shapes():
+    teacher, student = resnet.build_model(2, SIZE, CLASSES), resnet.build_model(8, SIZE, CLASSES)
+    selected = network.select_weights(teacher, student)
+    assert sorted(selected) == sorted(layer.name for layer in student.layers if layer.weights)
+    t, s = teacher.get_layer("s3b1_conv2").get_weights()[0], student.get_layer(
+        "s3b1_conv2").get_weights()[0]
+    np.testing.assert_array_equal(s, t[:, :, ::4, ::4])  # 3×3 kernel, 128 → 32 channels in and out (/2 → /8)
+    t, s = teacher.get_layer("logits").get_weights(), student.get_layer("logits").get_weights()
+    np.testing.assert_array_equal(s[0], t[0][::4])  # 1024 → 256 features, every class kept
+    np.testing.assert_array_equal(s[1], t[1])
+    np.testing.assert_array_equal(student.get_layer("stem_conv").get_weights()[0],
+                                  teacher.get_layer("stem_conv").get_weights()[0][:, :, :, ::4])  # RGB kept
+
+
+def test_selected_channels_are_the_same_in_every_layer():
+    """With the teacher's weights from unselected channels zeroed, the selected student computes the teacher's
+    logits exactly: each layer reads the channels the layer before kept, residual sums and BN included."""
+    keras.utils.set_random_seed(3)
+    teacher = resnet.build_model(2, SIZE, CLASSES, blocks=(1, 2, 1, 1))
+    rng = np.random.default_rng(0)
+    for layer in teacher.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # stats that differ per channel
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if i in (0, 3) else rng.normal(0, 0.3, w.shape)
+                               for i, w in enumerate(layer.get_weights())])
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            kernel, *rest = layer.get_weights()
+            n_in = kernel.shape[-2]
+            if n_in > 3:  # every input channel the /4 student does not keep (not every 2nd) reads nothing
+                kept = np.zeros(n_in, bool)
+                kept[::2] = True
+                kernel[..., ~kept, :] = 0
+            layer.set_weights([kernel] + rest)
+    student = resnet.build_model(4, SIZE, CLASSES, blocks=(1, 2, 1, 1))
+    network.select_weights(teacher, student)
+    x = _images()
+    np.testing.assert_allclose(student(x, training=False)["logits"].numpy(),
+                               teacher(x, training=False)["logits"].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_select_weights_refuses_a_narrower_or_other_network():
+    with pytest.raises(ValueError, match="cannot select the weights of layer 'stem_conv'.*at least as wide"):
+        network.select_weights(resnet.build_model(8, SIZE, CLASSES), resnet.build_model(4, SIZE, CLASSES))
+    with pytest.raises(ValueError, match="'logits'"):  # more classes than the source has
+        network.select_weights(resnet.build_model(4, SIZE, CLASSES), resnet.build_model(8, SIZE, CLASSES + 1))
+
+
 @pytest.mark.parametrize("d", [0, -2])
 def test_non_positive_width_divisor_raises(d):
     with pytest.raises(ValueError, match="width_divisor"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import numpy as np
+
 from keras_kd.keras import keras, tf
 from keras_kd.models import heads as heads_lib
 
@@ -69,3 +71,34 @@ def transfer_weights(src: keras.Model, dst: keras.Model) -> list:
         layer.set_weights(other.get_weights())
         copied.append(layer.name)
     return copied
+
+
+def select_weights(src: keras.Model, dst: keras.Model) -> list:
+    """Weight selection (Xu et al., "Initializing Models with Larger Ones", ICLR 2024): a narrower network
+    of the same layers starts from evenly spaced elements of a wider one's weights; returns the layers set.
+
+    Every axis keeps the same indices wherever it has the same length, so a channel selected in one layer is
+    the one the next layer reads and the residual sums add; layers of equal shapes are copied as they are.
+    """
+    by_name = {l.name: l for l in src.layers if l.weights}
+    selected = []
+    for layer in dst.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        a, b = [tuple(w.shape) for w in other.weights], [tuple(w.shape) for w in layer.weights]
+        if len(a) != len(b) or any(len(x) != len(y) or any(n < m for n, m in zip(x, y)) for x, y in zip(a, b)):
+            raise ValueError(f"cannot select the weights of layer {layer.name!r} from {src.name!r}: shapes {a} "
+                             f"vs {b} (the source must be the same network, at least as wide on every axis)")
+        layer.set_weights([_select(w, shape) for w, shape in zip(other.get_weights(), b)])
+        selected.append(layer.name)
+    return selected
+
+
+def _select(w: np.ndarray, shape: tuple) -> np.ndarray:
+    """Evenly spaced elements of w along every axis (every k-th when the lengths divide, as the paper's code)."""
+    for axis, (n, m) in enumerate(zip(w.shape, shape)):
+        if n != m:
+            idx = np.arange(m) * (n // m) if n % m == 0 else np.round(np.linspace(0, n - 1, m)).astype(int)
+            w = np.take(w, idx, axis=axis)
+    return w

@@ -31,7 +31,7 @@ class Stage:
     task: str
     name: str
     width_divisor: int
-    init: str                              # as reported: scratch | label | fitnet | classify | pretrain | distill
+    init: str                              # as reported: scratch | label | fitnet | select | selected | classify | pretrain | distill
     epochs: int
     lr: float
     init_from: Optional[StageRef] = None   # weights to start from (any task)
@@ -109,10 +109,10 @@ class Task:
                 out.setdefault(methods.spec_name(terms), terms)
         return list(out.values())
 
-    def skipped_methods(self, cfg: Config) -> List[Tuple[str, str]]:
-        """(spec, why) of each --methods entry this task leaves out (the run says so)."""
+    def skipped(self, cfg: Config) -> List[Tuple[str, str]]:
+        """(flag, why) of each part of the flags this task leaves out, e.g. a --methods entry (the run says so)."""
         reasons = [(spec, self.skip_reason(methods.parse_kd(spec), cfg)) for spec in cfg.methods]
-        return [(spec, why) for spec, why in reasons if why]
+        return [(f"--methods={spec}", why) for spec, why in reasons if why]
 
     def skip_reason(self, terms: methods.Spec, cfg: Config) -> Optional[str]:
         """Why a distillation loss cannot run on this task with these flags, or None when it can."""

@@ -9,6 +9,7 @@ from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import losses, methods
 from keras_kd.keras import tf
+from keras_kd.models import archs
 from keras_kd.tasks import verification
 from keras_kd.tasks.base import Stage, Task, predict, students, unique_stages
 
@@ -55,7 +56,22 @@ class Classify(Task):
                 stages.append(Stage(c, f"student_{st.tag}_label_{methods.spec_name(terms)}", d, "label",
                                     cfg.student_epochs, cfg.lr_init, init_from=(c, label.name),
                                     teacher=teacher if terms else None, targets=tuple(terms), **kw))
+            if "select" in cfg.cls_inits and select_skip_reason(st.arch, cfg) is None:
+                # Weight selection: the label-only stage starts from every k-th channel of the teacher's
+                # weights; then soft targets as Ours (init "selected"), and `none` as their control.
+                sel = Stage(c, f"student_{st.tag}_select", d, "select", cfg.student_epochs, cfg.lr_scratch,
+                            init_from=teacher, **kw)
+                stages += [sel, Stage(c, f"student_{st.tag}_select_soft", d, "selected", cfg.student_epochs,
+                                      cfg.lr_init, init_from=(c, sel.name), teacher=teacher, targets=soft, **kw)]
+                if "none" in cfg.methods:
+                    stages.append(Stage(c, f"student_{st.tag}_select_none", d, "selected", cfg.student_epochs,
+                                        cfg.lr_init, init_from=(c, sel.name), **kw))
         return unique_stages(stages)
+
+    def skipped(self, cfg: Config) -> list:
+        return super().skipped(cfg) + [(f"--cls_inits=select for {st.tag}", why) for st in students(cfg)
+                                       if "select" in cfg.cls_inits
+                                       for why in [select_skip_reason(st.arch, cfg)] if why]
 
     def eval_metrics(self, stage):
         def top1(y, s):
@@ -108,6 +124,10 @@ class Classify(Task):
             return results.find(models, role="student", width_divisor=d, init=init, targets=targets)
         rows_spec = [("Label only", "scratch", []), ("Scratch", "scratch", ["soft"]), ("FitNet", "fitnet", ["soft"]),
                      ("Ours (all layers initialized)", "label", ["soft"])]
+        if results.find(models, role="student", init="select"):
+            rows_spec += [("Selected from the teacher (labels)", "select", []),
+                          ("Selected, + labels (none)", "selected", []),
+                          ("Selected, + soft", "selected", ["soft"])]
         blocks = [("top1", "top-1")] + ([("pair_acc", "pair acc")] if results.has_metric(models, "pair_acc") else [])
         rows = []
         for metric, label in blocks:
@@ -129,6 +149,15 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def select_skip_reason(arch: str, cfg: Config):
+    """Why a student cannot start from weights selected from the teacher, or None when it can."""
+    if cfg.teacher or cfg.teacher_outputs:
+        return "weights are selected from keras-kd's own ResNet-50 teacher, and this run brings its own teacher"
+    if arch != archs.DEFAULT:
+        return f"weights are selected from a teacher of the same layers, and the teacher is {archs.DEFAULT}, not {arch}"
+    return None
 
 
 def ours_targets(cfg: Config) -> tuple:
