@@ -27,9 +27,9 @@ def test_classify_trains_distills_and_reports(model_dir):
     assert data["task"] == "classify" and data["preset"] == "smoke" and "synthetic" in data["data"]
     assert set(models) == {"teacher", "student_d8_label", "student_d8_scratch_soft", "student_d8_fitnet_soft",
                            "student_d8_label_soft", "student_d8_select", "student_d8_select_soft"}
-    n_layers = sum(1 for line in out.splitlines() if line.startswith("[stage] classify/student_d8_select: initialized")
+    selected = sum(1 for line in out.splitlines() if line.startswith("[stage] classify/student_d8_select: initialized")
                    and line.endswith("layers from classify/teacher"))
-    assert n_layers == 1 and (models["student_d8_select"]["init"], models["student_d8_select_soft"]["init"]) == (
+    assert selected == 1 and (models["student_d8_select"]["init"], models["student_d8_select_soft"]["init"]) == (
         "select", "selected")
     assert all(0 <= m["metrics"]["top1"] <= 1 for m in models.values())
     assert models["student_d8_label_soft"]["init"] == "label"

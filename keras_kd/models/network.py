@@ -1,5 +1,6 @@
 """What every architecture shares: the task heads on a trunk's named features, and the tools that treat a
-model as a bag of named layers (parameter and FLOP counts, weights moved between tasks by layer name)."""
+model as a bag of named layers (parameter and FLOP counts, weights moved between tasks by layer name or
+selected from a wider network of the same layers)."""
 from __future__ import annotations
 
 from typing import Dict, Sequence
