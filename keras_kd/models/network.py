@@ -59,12 +59,8 @@ def transfer_weights(src: keras.Model, dst: keras.Model) -> list:
     task's head stays freshly initialized. A shape mismatch on a shared name is an error (never silently
     skipped): it means the two models are not the same architecture.
     """
-    by_name = {l.name: l for l in src.layers if l.weights}
     copied = []
-    for layer in dst.layers:
-        other = by_name.get(layer.name)
-        if other is None or not layer.weights:
-            continue
+    for layer, other in _same_names(src, dst):
         a, b = [w.shape for w in other.weights], [w.shape for w in layer.weights]
         if a != b:
             raise ValueError(f"cannot transfer layer {layer.name!r}: shapes {a} vs {b} "
@@ -81,12 +77,8 @@ def select_weights(src: keras.Model, dst: keras.Model) -> list:
     Every axis keeps the same indices wherever it has the same length, so a channel selected in one layer is
     the one the next layer reads and the residual sums add; layers of equal shapes are copied as they are.
     """
-    by_name = {l.name: l for l in src.layers if l.weights}
     selected = []
-    for layer in dst.layers:
-        other = by_name.get(layer.name)
-        if other is None or not layer.weights:
-            continue
+    for layer, other in _same_names(src, dst):
         a, b = [tuple(w.shape) for w in other.weights], [tuple(w.shape) for w in layer.weights]
         if len(a) != len(b) or any(len(x) != len(y) or any(n < m for n, m in zip(x, y)) for x, y in zip(a, b)):
             raise ValueError(f"cannot select the weights of layer {layer.name!r} from {src.name!r}: shapes {a} "
@@ -94,6 +86,12 @@ def select_weights(src: keras.Model, dst: keras.Model) -> list:
         layer.set_weights([_select(w, shape) for w, shape in zip(other.get_weights(), b)])
         selected.append(layer.name)
     return selected
+
+
+def _same_names(src: keras.Model, dst: keras.Model) -> list:
+    """(dst layer, src layer of the same name) for each dst layer with weights that src has."""
+    by_name = {l.name: l for l in src.layers if l.weights}
+    return [(layer, by_name[layer.name]) for layer in dst.layers if layer.weights and layer.name in by_name]
 
 
 def _select(w: np.ndarray, shape: tuple) -> np.ndarray:
