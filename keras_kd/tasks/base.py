@@ -31,7 +31,8 @@ class Stage:
     task: str
     name: str
     width_divisor: int
-    init: str                              # as reported: scratch | label | fitnet | select | selected | classify | pretrain | distill
+    init: str                              # as reported: scratch | label | fitnet | select (from the teacher's
+    #                                        weights, selected) | selected (from a select stage) | classify | pretrain | distill
     epochs: int
     lr: float
     init_from: Optional[StageRef] = None   # weights to start from (any task)
@@ -110,7 +111,7 @@ class Task:
         return list(out.values())
 
     def skipped(self, cfg: Config) -> List[Tuple[str, str]]:
-        """(flag, why) of each part of the flags this task leaves out, e.g. a --methods entry (the run says so)."""
+        """(flag, why) of each part of the flags this task leaves out, a --methods entry say (the run says so)."""
         reasons = [(spec, self.skip_reason(methods.parse_kd(spec), cfg)) for spec in cfg.methods]
         return [(f"--methods={spec}", why) for spec, why in reasons if why]
 

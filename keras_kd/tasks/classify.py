@@ -69,9 +69,11 @@ class Classify(Task):
         return unique_stages(stages)
 
     def skipped(self, cfg: Config) -> list:
-        return super().skipped(cfg) + [(f"--cls_inits=select for {st.tag}", why) for st in students(cfg)
-                                       if "select" in cfg.cls_inits
-                                       for why in [select_skip_reason(st.arch, cfg)] if why]
+        out = super().skipped(cfg)
+        if "select" in cfg.cls_inits:
+            out += [(f"--cls_inits=select for {st.tag}", why) for st in students(cfg)
+                    if (why := select_skip_reason(st.arch, cfg))]
+        return out
 
     def eval_metrics(self, stage):
         def top1(y, s):
