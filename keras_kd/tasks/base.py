@@ -31,8 +31,9 @@ class Stage:
     task: str
     name: str
     width_divisor: int
-    init: str                              # as reported: scratch | label | fitnet | select (from the teacher's
-    #                                        weights, selected) | selected (from a select stage) | classify | pretrain | distill
+    # init, as reported: scratch | label | fitnet | select (the teacher's weights, selected) | selected (from a
+    # select stage) | classify | pretrain | distill
+    init: str
     epochs: int
     lr: float
     init_from: Optional[StageRef] = None   # weights to start from (any task)
