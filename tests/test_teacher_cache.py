@@ -170,7 +170,9 @@ def test_cached_stages_are_named_apart_from_online_ones():
     lookup = lambda r: {s.name: s for s in plans[r[0]]}.get(r[1])  # noqa: E731
     cls = {s.name: s for s in teacher_cache.cached_names(plans["classify"], "memory", lookup)}
     assert {"teacher", "student_d8_label", "student_d8_label_soft_tc", "student_d8_scratch_soft_tc",
-            "student_d8_fitnet_hint", "student_d8_fitnet_soft_tc"} == set(cls)
+            "student_d8_fitnet_hint", "student_d8_fitnet_soft_tc", "student_d8_select",
+            "student_d8_select_soft_tc"} == set(cls)
+    assert cls["student_d8_select_soft_tc"].init_from == ("classify", "student_d8_select")  # labels only: shared
     assert cls["student_d8_fitnet_soft_tc"].init_from == ("classify", "student_d8_fitnet_hint")  # hint: online
     assert cls["student_d8_label_soft_tc"].teacher == ("classify", "teacher")
     al = {s.name: s for s in teacher_cache.cached_names(plans["align"], "memory", lookup)}
