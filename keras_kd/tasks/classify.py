@@ -31,6 +31,7 @@ class Classify(Task):
         c = self.name
         stages = [Stage(c, "teacher", 1, "scratch", cfg.teacher_epochs, cfg.lr_scratch)]
         soft = (("soft", cfg.alpha),)
+        method_terms = self.method_terms(cfg)
         for st in students(cfg):
             d, kw = st.width_divisor, st.build
             label = Stage(c, f"student_{st.tag}_label", d, "scratch", cfg.student_epochs, cfg.lr_scratch, **kw)
@@ -52,18 +53,18 @@ class Classify(Task):
                 stages.append(Stage(c, distilled_name(st.tag, cfg), d, "label", cfg.student_epochs, cfg.lr_init,
                                     init_from=(c, label.name), teacher=teacher, targets=ours_targets(cfg), **kw))
             # The methods table: each loss on the same footing as Ours (label-only init, same epochs).
-            for terms in self.method_terms(cfg):
+            for terms in method_terms:
                 stages.append(Stage(c, f"student_{st.tag}_label_{methods.spec_name(terms)}", d, "label",
                                     cfg.student_epochs, cfg.lr_init, init_from=(c, label.name),
                                     teacher=teacher if terms else None, targets=tuple(terms), **kw))
             if "select" in cfg.cls_inits and select_skip_reason(st.arch, cfg) is None:
                 # Weight selection: the label-only stage starts from every k-th channel of the teacher's
-                # weights; then soft targets as Ours (init "selected"), and `none` as their control.
+                # weights; then the paper's soft targets (init "selected"), and with `none` its control.
                 sel = Stage(c, f"student_{st.tag}_select", d, "select", cfg.student_epochs, cfg.lr_scratch,
                             init_from=teacher, **kw)
                 stages += [sel, Stage(c, f"student_{st.tag}_select_soft", d, "selected", cfg.student_epochs,
                                       cfg.lr_init, init_from=(c, sel.name), teacher=teacher, targets=soft, **kw)]
-                if "none" in cfg.methods:
+                if any(not terms for terms in method_terms):  # --methods=none: the task loss alone
                     stages.append(Stage(c, f"student_{st.tag}_select_none", d, "selected", cfg.student_epochs,
                                         cfg.lr_init, init_from=(c, sel.name), **kw))
         return unique_stages(stages)
