@@ -159,7 +159,8 @@ flags.DEFINE_list("cls_inits", _d("cls_inits"), "Classification students: label 
                   "paper's), scratch, fitnet, select = every k-th channel of the teacher's weights (ResNet only).")
 flags.DEFINE_list("scratch_targets", _d("scratch_targets"), "Targets of students distilled from scratch (Table 1): "
                   "soft, logits, hidden.")
-flags.DEFINE_list("transfer_inits", _d("transfer_inits"), "Alignment/verification student inits.")
+flags.DEFINE_list("transfer_inits", _d("transfer_inits"), "Alignment/verification student inits: pretrain, distill "
+                  "(the paper's), select = every k-th channel of the task's trained teacher (ResNet only).")
 flags.DEFINE_list("ab_grid", _d("ab_grid"), "α:β pairs of the transfer loss (soft-target weight : hidden weight).")
 flags.DEFINE_float("margin", _d("margin"), "Triplet margin λ.", lower_bound=0)
 flags.DEFINE_enum("mining", _d("mining"), ["batch_hard", "semi_hard"], "Triplet mining inside the batch.")
@@ -208,8 +209,8 @@ flags.register_validator("scratch_targets", lambda v: set(v) <= {"soft", "logits
                          "--scratch_targets: any of soft, logits, hidden")
 flags.register_validator("cls_inits", lambda v: bool(v) and set(v) <= {"label", "scratch", "fitnet", "select"},
                          "--cls_inits: any of label, scratch, fitnet, select")
-flags.register_validator("transfer_inits", lambda v: bool(v) and set(v) <= {"pretrain", "distill"},
-                         "--transfer_inits: any of pretrain, distill")
+flags.register_validator("transfer_inits", lambda v: bool(v) and set(v) <= {"pretrain", "distill", "select"},
+                         "--transfer_inits: any of pretrain, distill, select")
 flags.register_validator("verify_softmax", lambda v: v is None or (bool(v) and set(v) <= {"off", "on"}),
                          "--verify_softmax: any of off, on")
 

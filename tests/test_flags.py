@@ -42,6 +42,7 @@ def test_val_fraction_defaults_to_a_tenth_and_zero_turns_it_off(parse):
 def test_inits_are_comma_lists(parse):
     assert parse("--cls_inits=label,select").cls_inits == ("label", "select")
     assert parse("--cls_inits=select").cls_inits == ("select",)
+    assert parse("--transfer_inits=distill,select").transfer_inits == ("distill", "select")
 
 
 def test_explicit_flag_beats_preset(parse):

@@ -593,6 +593,21 @@ def test_select_starts_from_the_teacher_and_is_left_out_where_it_cannot_apply():
     assert all("brings its own teacher" in why for _, why in TASKS["classify"].skipped(brought))
 
 
+def test_transfer_select_starts_from_the_tasks_own_teacher():
+    cfg = Config(students=(8,), student_arch=("resnet50", "mobilefacenet"), transfer_inits=("distill", "select"),
+                 verify_softmax=(False, True))
+    for task, suffix in (("align", ""), ("verify", "_softmax")):
+        plan = {s.name: s for s in TASKS[task].plan(cfg)}
+        sel, dist = plan[f"student_d8_select_a0b1{suffix}"], plan[f"student_d8_distill_a0b1{suffix}"]
+        assert (sel.init, sel.init_from, sel.teacher) == ("select", (task, "teacher" + suffix), dist.teacher)
+        assert (sel.epochs, sel.lr, sel.targets, sel.softmax) == (dist.epochs, dist.lr, dist.targets, dist.softmax)
+        assert not any(n.startswith("student_mbf_select") for n in plan)  # not the teacher's layers
+        (what, why), = TASKS[task].skipped(cfg)
+        assert what == "--transfer_inits=select for mbf" and "not mobilefacenet" in why
+    brought = cfg.replace(teacher="/models/teacher.keras")
+    assert not any("select" in n for n in _names("align", brought))
+
+
 def test_kd_sets_the_loss_of_ours_and_what_transfer_starts_from():
     cfg = Config(students=(8,), kd="soft:1,hidden:0.5")
     ours = TASKS["classify"].plan(cfg)[5]

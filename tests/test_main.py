@@ -66,14 +66,18 @@ def test_teacher_cache_trains_the_cached_twin_of_ours(model_dir):
 def test_align_transfers_and_ships(model_dir):
     # Reuses the classification stages above (same model_dir, same shapes).
     out = ok(run_main("--task=align", "--preset=smoke", f"--model_dir={model_dir}", "--verbose=0",
-                      "--ab_grid=0:1,1:0"))
+                      "--ab_grid=0:1,1:0", "--transfer_inits=pretrain,distill,select"))
     assert "classify/teacher: reusing" in out
+    selected = [line for line in out.splitlines()
+                if line.startswith("[stage] align/student_d8_select_a0b1: initialized")]
+    assert len(selected) == 1 and selected[0].endswith("layers from align/teacher")
     models, _ = _results(model_dir, "align")
     md = (model_dir / "align" / "results.md").read_text()
     assert {"teacher", "student_d8_pretrain", "student_d8_distill_a0b1", "student_d8_pretrain_a1b0"} <= set(models)
     for m in models.values():
         assert {"nrmse", "nrmse_diag", "failure_rate", "auc10"} <= set(m["metrics"])
-    assert "Table 3 shape" in md and "| Pretrain |" in md and "| Distill |" in md
+    assert "Table 3 shape" in md and "| Pretrain |" in md and "| Distill |" in md and "| Selected |" in md
+    assert models["student_d8_select_a1b0"]["init"] == "select"
     assert (model_dir / "align" / "ced.png").stat().st_size > 1000
     # main.py ships the best student per width, chosen on the validation split (the test split only
     # measures): servable SavedModel + phone-ready TFLite, measured.

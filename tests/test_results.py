@@ -112,10 +112,14 @@ def test_markdown_align(tmp_path):
     assert "## Table 3 shape, student /8: NRMSE % (lower is better); teacher 3.02" in md
     assert "| init | α=0,β=0 | α=0,β=1 | α=1,β=0 |" in md
     assert "| Pretrain | 3.36 | 3.24 | 3.60 |" in md and "| Distill | 3.29 | 3.21 | 3.54 |" in md
+    assert "| Selected |" not in md  # the row of --transfer_inits=select, only when it ran
     assert "| model | nrmse (%) | nrmse_diag (%) | failure_rate (%) | auc10 |" in md
     assert "| student_d8_distill_a0b1 | 3.21 | 1.07 | 2.50 | 0.6123 |" in md
     assert "| teacher | 3.02 | – | – | 0.7 |" in md
     assert "## All models" in md
+    models.append(rec("student_d8_select_a0b1", init="select", alpha=0, beta=1, metrics={"nrmse": 3.1}))
+    md = R.write_markdown(make("align", models), str(tmp_path / "r.md"))
+    assert "| Distill | 3.29 | 3.21 | 3.54 |\n| Selected | – | 3.10 | – |" in md
 
 
 def test_markdown_verify(tmp_path):

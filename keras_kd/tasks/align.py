@@ -14,7 +14,7 @@ from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.metrics import LEFT_EYE, RIGHT_EYE
 from keras_kd.keras import tf
 from keras_kd.tasks.base import Stage, input_config, predict
-from keras_kd.tasks.transfer import TransferTask, ab_header, init_by_ab_rows
+from keras_kd.tasks.transfer import TABLE_INITS, TransferTask, ab_header, init_by_ab_rows
 
 EXAMPLES = 12  # test faces drawn in alignment_examples.png
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
@@ -128,7 +128,7 @@ class Align(TransferTask):
         out: list = []
         for d in results.widths(models):
             cands = [m for m in results.paper_students(models)
-                     if m["width_divisor"] == d and m["init"] in ("pretrain", "distill")]
+                     if m["width_divisor"] == d and m["init"] in TABLE_INITS]
             if not cands:
                 continue
             out += ([""] if out else []) + [f"## Table 3 shape, student /{d}: NRMSE % (lower is better); "

@@ -3,8 +3,10 @@
 Teacher from the classification teacher; students "Pretrain" (trained on the task alone first, from
 scratch — our reading of the paper's task-specific initialization) and "Distill" (from the distilled
 classification student), each trained with Eq. 5: task loss + α·soft targets + β·‖K_S − K_T‖².
-Each --methods spec adds a Distill student trained with the task loss + that distillation loss instead;
-a spec of the paper's terms alone (soft, hidden) is the α:β stage of the same weights.
+With --transfer_inits=select, students "Selected" start from every k-th channel of the task's trained
+teacher (weight selection, as --cls_inits=select does in classification). Each --methods spec adds a
+Distill student trained with the task loss + that distillation loss instead; a spec of the paper's terms
+alone (soft, hidden) is the α:β stage of the same weights.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import methods
 from keras_kd.tasks.base import Stage, Task, students, unique_stages
-from keras_kd.tasks.classify import distilled_name
+from keras_kd.tasks.classify import distilled_name, select_skip_reason
 
 
 class TransferTask(Task):
@@ -39,7 +41,9 @@ class TransferTask(Task):
                 stages.append(pretrain)
                 distilled = ("classify", distilled_name(st.tag, cfg))
                 for init in cfg.transfer_inits:
-                    start = (t, pretrain.name) if init == "pretrain" else distilled
+                    if init == "select" and select_skip_reason(st.arch, cfg):
+                        continue
+                    start = {"pretrain": (t, pretrain.name), "select": (t, teacher.name)}.get(init, distilled)
                     epochs = (cfg.pretrain_transfer_epochs or cfg.transfer_epochs) if init == "pretrain" \
                         else cfg.transfer_epochs
                     for a, b in cfg.ab_grid:
@@ -55,6 +59,13 @@ class TransferTask(Task):
                                         teacher=(t, teacher.name), targets=tuple(terms), softmax=softmax, **kw))
         return unique_stages(stages)
 
+    def skipped(self, cfg: Config) -> list:
+        out = super().skipped(cfg)
+        if "select" in cfg.transfer_inits:
+            out += [(f"--transfer_inits=select for {st.tag}", why) for st in students(cfg)
+                    if (why := select_skip_reason(st.arch, cfg))]
+        return out
+
 
 def ab_columns(models: list) -> list:
     """The (α, β) of the models, sorted: the columns of the transfer tables."""
@@ -65,9 +76,15 @@ def ab_header(models: list) -> list:
     return [f"α={a:g},β={b:g}" for a, b in ab_columns(models)]
 
 
+INIT_ROWS = (("Pretrain", "pretrain"), ("Distill", "distill"), ("Selected", "select"))
+TABLE_INITS = tuple(init for _, init in INIT_ROWS)  # the students of the paper-shaped tables
+
+
 def init_by_ab_rows(models: list, width: int, metric: str) -> list:
-    """Rows Pretrain / Distill, one column per (α, β) present among ``models``."""
+    """Rows Pretrain / Distill (and Selected when run), one column per (α, β) present among ``models``."""
+    inits = [(row, init) for row, init in INIT_ROWS
+             if init != "select" or results.find(models, role="student", width_divisor=width, init=init)]
     return [[row] + [results.cell(results.find(models, role="student", width_divisor=width, init=init, alpha=a,
                                                beta=b), metric)
                      for a, b in ab_columns(models)]
-            for row, init in (("Pretrain", "pretrain"), ("Distill", "distill"))]
+            for row, init in inits]

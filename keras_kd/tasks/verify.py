@@ -11,7 +11,7 @@ from keras_kd.data import pipeline
 from keras_kd.distill import losses
 from keras_kd.tasks import verification
 from keras_kd.tasks.base import Stage, Task, input_config, predict
-from keras_kd.tasks.transfer import TransferTask, ab_header, init_by_ab_rows
+from keras_kd.tasks.transfer import TABLE_INITS, TransferTask, ab_header, init_by_ab_rows
 
 
 class Verify(TransferTask):
@@ -86,7 +86,7 @@ class Verify(TransferTask):
         out: list = []
         for name, softmax, loss in (("Table 4", False, "triplet loss only"), ("Table 5", True, "triplet + softmax")):
             cands = [m for m in results.paper_students(models) if bool(m.get("softmax", False)) == softmax
-                     and m["init"] in ("pretrain", "distill")]
+                     and m["init"] in TABLE_INITS]
             if not cands:
                 continue
             rows = [[f"/{d}"] + r for d in sorted({m["width_divisor"] for m in cands})
