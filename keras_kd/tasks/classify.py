@@ -70,11 +70,7 @@ class Classify(Task):
         return unique_stages(stages)
 
     def skipped(self, cfg: Config) -> list:
-        out = super().skipped(cfg)
-        if "select" in cfg.cls_inits:
-            out += [(f"--cls_inits=select for {st.tag}", why) for st in students(cfg)
-                    if (why := select_skip_reason(st.arch, cfg))]
-        return out
+        return super().skipped(cfg) + select_skipped(cfg, "--cls_inits", cfg.cls_inits)
 
     def eval_metrics(self, stage):
         def top1(y, s):
@@ -161,6 +157,13 @@ def select_skip_reason(arch: str, cfg: Config):
     if arch != archs.DEFAULT:
         return f"weights are selected from a teacher of the same layers, and the teacher is {archs.DEFAULT}, not {arch}"
     return None
+
+
+def select_skipped(cfg: Config, flag: str, inits) -> list:
+    """(flag, why) of each student that `select` among ``inits`` leaves out (the plan says so)."""
+    if "select" not in inits:
+        return []
+    return [(f"{flag}=select for {st.tag}", why) for st in students(cfg) if (why := select_skip_reason(st.arch, cfg))]
 
 
 def ours_targets(cfg: Config) -> tuple:

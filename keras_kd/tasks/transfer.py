@@ -14,7 +14,7 @@ from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.distill import methods
 from keras_kd.tasks.base import Stage, Task, students, unique_stages
-from keras_kd.tasks.classify import distilled_name, select_skip_reason
+from keras_kd.tasks.classify import distilled_name, select_skip_reason, select_skipped
 
 
 class TransferTask(Task):
@@ -60,11 +60,7 @@ class TransferTask(Task):
         return unique_stages(stages)
 
     def skipped(self, cfg: Config) -> list:
-        out = super().skipped(cfg)
-        if "select" in cfg.transfer_inits:
-            out += [(f"--transfer_inits=select for {st.tag}", why) for st in students(cfg)
-                    if (why := select_skip_reason(st.arch, cfg))]
-        return out
+        return super().skipped(cfg) + select_skipped(cfg, "--transfer_inits", cfg.transfer_inits)
 
 
 def ab_columns(models: list) -> list:
