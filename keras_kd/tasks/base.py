@@ -112,7 +112,7 @@ class Task:
         return list(out.values())
 
     def skipped(self, cfg: Config) -> List[Tuple[str, str]]:
-        """(flag, why) of each part of the flags this task leaves out, a --methods entry say (the run says so)."""
+        """(flag, why) of each part of the flags this task leaves out, such as a --methods entry (the run says so)."""
         reasons = [(spec, self.skip_reason(methods.parse_kd(spec), cfg)) for spec in cfg.methods]
         return [(f"--methods={spec}", why) for spec, why in reasons if why]
 
