@@ -92,6 +92,19 @@ def test_trained_variables_exclude_the_teacher(trained):
     assert len(trained_ids) == len(student.trainable_variables) + 2  # + adapter kernel and bias
 
 
+def test_checkpoints_leave_the_frozen_teacher_out(trained, tmp_path):
+    """Stage backups checkpoint the Distiller: they hold what training changes, not the teacher's weights."""
+    d, student, teacher = trained["d"], trained["student"], trained["teacher"]
+    assert d.teacher is teacher
+    assert not _ids(d.variables) & _ids(teacher.weights)
+    assert _ids(student.weights) | _ids(d.adapters["hidden"].weights) <= _ids(d.variables)
+    path = tf.train.Checkpoint(model=d).save(str(tmp_path / "backup"))
+    saved = sum(int(np.prod(shape)) for key, shape in tf.train.list_variables(path) if key.endswith("VALUE"))
+    own = sum(v.shape.num_elements() for v in d.variables + d.optimizer.variables())
+    assert own <= saved < own + 10  # + the checkpoint's own counters
+    assert saved < teacher.count_params()
+
+
 def test_no_gradient_reaches_the_teacher(trained):
     d, teacher = trained["d"], trained["teacher"]
     x, y = _batch(4, seed=3)

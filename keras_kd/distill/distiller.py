@@ -22,6 +22,14 @@ from keras_kd.keras import keras, tf
 from keras_kd.models import archs
 
 
+class _Frozen:
+    """The teacher and its feature view, held out of Keras' tracking: it is no part of the Distiller's
+    checkpoints, so a backup holds only what training changes (a ResNet-50 teacher would add 95 MB to each)."""
+
+    def __init__(self, model: Optional[keras.Model], features: Optional[keras.Model]):
+        self.model, self.features = model, features
+
+
 class Distiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None,
                  task_loss: Optional[Callable] = None,
@@ -38,7 +46,6 @@ class Distiller(keras.Model):
         if task_loss is None and not targets:
             raise ValueError("nothing to train: no task loss and no distillation target")
         self.student = student
-        self.teacher = teacher
         if teacher is not None:
             teacher.trainable = False
         self.task_loss = task_loss
@@ -50,7 +57,7 @@ class Distiller(keras.Model):
         keys = sorted({k for t, _ in self.targets for k in t.keys})
         # The networks as feature extractors (themselves when their outputs suffice), built here once.
         self._student_features = archs.feature_model(student, keys)
-        self._teacher_features = archs.feature_model(teacher, keys) if self.targets else None
+        self._frozen = _Frozen(teacher, archs.feature_model(teacher, keys) if self.targets else None)
         self.adapters = {t.name: self._adapter(t) for t, _ in self.targets}
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ["loss"] + (["task"] if task_loss else []) + names}
@@ -64,7 +71,7 @@ class Distiller(keras.Model):
         """A learned map from the student's feature width to the teacher's, or None when none is needed."""
         key = target.keys[0]
         s_shape = self._student_features.output[key].shape
-        s_dim, t_dim = s_shape[-1], self._teacher_features.output[key].shape[-1]
+        s_dim, t_dim = s_shape[-1], self._frozen.features.output[key].shape[-1]
         if s_dim == t_dim or target.adapter is None:
             if s_dim != t_dim and not target.any_width:
                 raise ValueError(f"target {target.name!r}: student and teacher widths differ ({s_dim} vs {t_dim})")
@@ -76,6 +83,10 @@ class Distiller(keras.Model):
         # Built now, in the strategy scope: creating variables later, inside a replica's step, fails.
         layer.build(s_shape)
         return layer
+
+    @property
+    def teacher(self) -> Optional[keras.Model]:
+        return self._frozen.model
 
     @property
     def metrics(self):
@@ -100,7 +111,7 @@ class Distiller(keras.Model):
             if isinstance(y, dict) and "teacher" in y:
                 t = y["teacher"]  # precomputed teacher outputs (--teacher_cache): no teacher pass
             else:
-                t = self._teacher_features(images, training=False)
+                t = self._frozen.features(images, training=False)
             t = {k: tf.stop_gradient(v) for k, v in t.items()}
             labels = y.get("label") if isinstance(y, dict) else None
             for target, w in self.targets:
