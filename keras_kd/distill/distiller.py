@@ -24,7 +24,7 @@ from keras_kd.models import archs
 
 class _Frozen:
     """The teacher and its feature view, held out of Keras' tracking: it is no part of the Distiller's
-    checkpoints, so a backup holds only what training changes (a ResNet-50 teacher would add 95 MB to each)."""
+    checkpoints, so a stage backup holds only what training changes (sizes: docs/performance.md)."""
 
     def __init__(self, model: Optional[keras.Model], features: Optional[keras.Model]):
         self.model, self.features = model, features
