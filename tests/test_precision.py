@@ -17,12 +17,16 @@ def _model(compute, **kw):
                              compute=compute, **{**SMALL, **kw})
 
 
-def test_auto_is_bfloat16_on_a_cpu_with_amx_only(monkeypatch):
+def test_auto_is_bfloat16_on_a_cpu_with_bfloat16_instructions_only(monkeypatch):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible: auto is float32 whatever the CPU")
     monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
     assert precision.resolve("auto") == "bfloat16"
-    monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx512f", "avx512_bf16"}))  # AMD EPYC (Zen 4)
+    assert precision.resolve("auto") == "bfloat16"
+    monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx2", "avx512f"}))  # bfloat16 emulated: slower
+    assert precision.resolve("auto") == "float32"
+    monkeypatch.setattr(cpu, "features", lambda: frozenset())  # not Linux, flags unknown
     assert precision.resolve("auto") == "float32"
     assert precision.resolve("float32") == "float32" and precision.resolve("bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16, got 'half'"):
