@@ -1,5 +1,6 @@
 """The alignment picture's faces: spread over the test split (records come grouped by identity), and drawn
-with the predictions made for those same faces, also for records saved before their indices were."""
+with the predictions made for those same faces, also for records saved before their indices were. And the
+mean training shape, read once per data set and settings."""
 import numpy as np
 
 from keras_kd.config import Config
@@ -58,3 +59,23 @@ def test_records_without_indices_are_the_first_faces(tmp_path, monkeypatch):
     paths, drawn = _plot(tmp_path, monkeypatch, arts, true)
     assert paths
     np.testing.assert_allclose(drawn["points"]["true"], true[:12] * 4)
+
+
+def test_the_mean_shape_is_read_once_per_data_and_settings(tmp_path, monkeypatch):
+    reads = []
+
+    def landmarks(data_dir, split, cfg, limit):
+        reads.append((data_dir, cfg.image_size))
+        return np.full((3, 5, 2), len(reads), np.float64)
+    monkeypatch.setattr(align, "_landmarks", landmarks)
+    monkeypatch.setattr(align, "_MEAN_SHAPES", {})
+    meta = tmp_path / "meta.json"
+    meta.write_text("{}")
+    first = align.mean_shape(str(tmp_path), Config(image_size=32))
+    first[:] = -1  # a caller changing its copy changes nothing
+    assert align.mean_shape(str(tmp_path), Config(image_size=32, lr_init=0.5))[0, 0] == 1  # not an input setting
+    assert len(reads) == 1
+    assert align.mean_shape(str(tmp_path), Config(image_size=48))[0, 0] == 2
+    meta.write_text('{"converted": "again"}')  # the data converted again in the same folder
+    assert align.mean_shape(str(tmp_path), Config(image_size=32))[0, 0] == 3
+    assert len(reads) == 3

@@ -8,7 +8,7 @@ import numpy as np
 from keras_kd import metrics, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
-from keras_kd.data.example import DataError
+from keras_kd.data.example import META_FILE, DataError
 from keras_kd.distill import losses
 from keras_kd.distill.losses import LANDMARK_UNITS
 from keras_kd.metrics import LEFT_EYE, RIGHT_EYE
@@ -233,9 +233,25 @@ def _landmarks(data_dir: str, split: str, cfg: Config, limit: int) -> np.ndarray
     return np.concatenate(out)[:limit]
 
 
+_MEAN_SHAPES: dict = {}
+
+
 def mean_shape(data_dir: str, cfg: Config, limit: int = 2000) -> np.ndarray:
-    """The mean training shape [5, 2] (crop-normalized), from up to `limit` training images."""
-    return _landmarks(data_dir, "train", cfg, limit).mean(axis=0)
+    """The mean training shape [5, 2] (crop-normalized), from up to `limit` training images.
+
+    Read once per process for the same data and input settings: every stage with a new landmark head asks
+    for it, and each read decodes `limit` images. The data's meta.json (rewritten by every conversion) is
+    in the key, so data converted again in the same place is read again.
+    """
+    try:
+        st = os.stat(os.path.join(data_dir, META_FILE))
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None  # no meta.json: the pipeline will say what is wrong
+    key = (os.path.abspath(data_dir), stamp, Align().batch_config(cfg, False), limit)
+    if key not in _MEAN_SHAPES or stamp is None:
+        _MEAN_SHAPES[key] = _landmarks(data_dir, "train", cfg, limit).mean(axis=0)
+    return _MEAN_SHAPES[key].copy()
 
 
 def mean_shape_nrmse(data_dir: str, cfg: Config) -> float:
