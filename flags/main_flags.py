@@ -76,8 +76,7 @@ flags.DEFINE_enum("teacher_cache", _d("teacher_cache"), ["off", "memory", "disk"
 flags.DEFINE_enum("teacher_precision", _d("teacher_precision"), ["auto", "float32", "bfloat16"],
                   "What the teachers this run trains compute in: bfloat16 (float32 weights and outputs) or float32. "
                   "auto: bfloat16 on a CPU with bfloat16 instructions (AMX, AVX512_BF16), where it is faster, "
-                  "float32 elsewhere. Students are "
-                  "always float32.")
+                  "float32 elsewhere. Students are always float32.")
 flags.DEFINE_string("teacher", _d("teacher"), "Distil from this teacher instead of training one: a Keras model file "
                     "(.keras, .h5) or a SavedModel folder, run frozen in every step. Its outputs and input contract "
                     "come from --teacher_spec (README, \"Distill your own teacher\").")
