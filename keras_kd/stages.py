@@ -280,8 +280,8 @@ class Runner:
         shared = bool(self.cfg.seeds) and self.cfg.share_teacher
         diffs = signature_diff(record["signature"], self.signature(stage), shared)
         if diffs:
-            raise StageError(f"stage {label}: saved with {', '.join(diffs)}; use --overwrite to retrain or "
-                             "another --model_dir")
+            raise StageError(f"stage {label}: saved with {', '.join(diffs)}; use --overwrite to retrain"
+                             f"{_precision_hint(diffs)} or another --model_dir")
 
     def _external_record(self, stage: Stage) -> dict:
         """The external teacher's row: evaluated on the task's test split as far as its outputs allow."""
@@ -602,6 +602,16 @@ def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> Li
     own = want.get("stage", "")
     return [f"{k}={old} (now {new})" + ("" if own in where else f" in {', '.join(dict.fromkeys(where))}")
             for (k, old, new), where in found.items()]
+
+
+def _precision_hint(diffs: List[str]) -> str:
+    """How to reuse stages whose teacher differs only in precision. `auto` follows the CPU, so a model_dir
+    moved to another machine, or trained before `auto` chose bfloat16 on this CPU, differs in it alone."""
+    old = [d.split("=", 1)[1].split(" (now ", 1)[0] for d in diffs if d.startswith("precision=")]
+    if len(old) != len(diffs) or len(set(old)) != 1:
+        return ""
+    saved = "float32" if old[0] == "unset" else old[0].strip("'")  # float32 is left out of signatures
+    return f", --teacher_precision={saved} to reuse it,"
 
 
 def _short(value) -> str:

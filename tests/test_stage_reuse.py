@@ -188,5 +188,13 @@ def test_the_teachers_precision_shapes_it_and_what_it_taught_only(data_dir, tmp_
     assert bf16.compute(bf16.stage("classify", "student_d8_label_soft")) == "float32"
     assert bf16.ensure("classify", "student_d8_label")["metrics"] == {"top1": 0.5}
     with pytest.raises(StageError, match=r"^stage classify/student_d8_label_soft: saved with precision=unset "
-                                         r"\(now 'bfloat16'\) in classify/teacher; use --overwrite"):
+                                         r"\(now 'bfloat16'\) in classify/teacher; use --overwrite to retrain, "
+                                         r"--teacher_precision=float32 to reuse it, or another --model_dir$"):
         bf16.ensure("classify", "student_d8_label_soft")
+    back, _ = _runner(data_dir, tmp_path, teacher_precision="float32")  # as the hint says
+    assert back.ensure("classify", "student_d8_label_soft")["metrics"] == {"top1": 0.5}
+    other, _ = _runner(data_dir, tmp_path, teacher_precision="bfloat16", student_epochs=3)
+    with pytest.raises(StageError, match=r"^stage classify/student_d8_label_soft: saved with epochs=1 \(now 3\), "
+                                         r"precision=unset \(now 'bfloat16'\) in classify/teacher; use --overwrite "
+                                         r"to retrain or another --model_dir$"):  # precision alone would not do
+        other.ensure("classify", "student_d8_label_soft")
