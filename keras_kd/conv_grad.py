@@ -9,11 +9,12 @@ flipped and its channels swapped. This computes it that way, with the forward Co
 
 `install()` replaces the registered gradient of the Conv2D op (process-wide, for graphs traced afterwards).
 Nothing installs it on import: it is called where training starts (the Runner's `_train`, export's
-distillation fine-tuning, the benchmarks' `common.header`), and again is harmless. The filter gradient and every case it does not handle (NCHW, dilation, explicit padding, unknown kernel
-size, fewer than 16 input channels) stay TensorFlow's own. KERAS_KD_CONV_GRAD: "auto" (the default) uses it
-when no GPU is visible and the CPU has no Intel AMX (on such a CPU TensorFlow's own input gradient was the
-faster one; on the AMD EPYC with AVX-512 it was not compared: bench/RESULTS.md section 10), "fast" always,
-"tf" never.
+distillation fine-tuning, the benchmarks' `common.header`), and again is harmless. The filter gradient and
+every case it does not handle (NCHW, dilation, explicit padding, unknown kernel size, fewer than 16 input
+channels) stay TensorFlow's own, and so do bfloat16 convolutions (a teacher under --teacher_precision), whose
+TensorFlow gradient was the faster one (bench/RESULTS.md section 12). KERAS_KD_CONV_GRAD: "auto" (the
+default) uses it when no GPU is visible and the CPU has no Intel AMX (on such a CPU TensorFlow's own input
+gradient was the faster one, section 10), "fast" always, "tf" never.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def _conv2d_grad(op, grad):
     kernel = op.inputs[1]
     if (fmt != "NHWC" or list(op.get_attr("dilations")) != [1, 1, 1, 1] or padding not in ("SAME", "VALID")
             or None in kernel.shape or strides[0] != 1 or strides[3] != 1
-            or kernel.shape[2] < MIN_INPUT_CHANNELS):
+            or kernel.shape[2] < MIN_INPUT_CHANNELS or kernel.dtype == tf.bfloat16):
         return _TF_GRAD(op, grad)
     dx = conv2d_input_grad(grad, kernel, tf.shape(op.inputs[0]), strides[1:3], padding)
     dx = tf.ensure_shape(dx, op.inputs[0].shape)
