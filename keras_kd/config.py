@@ -67,7 +67,7 @@ class Config:
     transfer_epochs: int = 5
     teacher_transfer_epochs: int = 5       # the align/verify teacher's; 0 = transfer_epochs
     pretrain_transfer_epochs: int = 2      # the Pretrain students' after their pretraining; 0 = transfer_epochs
-    pretrain_epochs: int = 6
+    pretrain_epochs: int = 7
     steps_per_execution: int = 1
 
     # distillation
