@@ -56,8 +56,8 @@ def measure(width: int, size: int, batch: int, classes: int, repeats: int, teach
     conv_grad.install()  # back to what training uses (common.header installed it)
     secs = common.rounds(fns, repeats, number=1)
     diff = float(np.abs(grads["tf"] - grads["keras_kd"]).max() / np.abs(grads["tf"]).max())
-    return {"width": width, "size": size, "batch": batch, "tf_s": secs["tf"], "keras_kd_s": secs["keras_kd"],
-            "ratio": secs["tf"] / secs["keras_kd"], "max_rel_diff": diff}
+    return {"width": width, "size": size, "batch": batch, "precision": precision, "tf_s": secs["tf"],
+            "keras_kd_s": secs["keras_kd"], "ratio": secs["tf"] / secs["keras_kd"], "max_rel_diff": diff}
 
 
 def main(argv=None) -> list:
@@ -86,8 +86,6 @@ def main(argv=None) -> list:
                         "TF ÷ keras-kd", "max gradient difference (rel.)"],
                        [[f"/{r['width']}", r["size"], r["batch"], r["tf_s"], r["keras_kd_s"], f"{r['ratio']:.2f}",
                          f"{r['max_rel_diff']:.1e}"] for r in rows]))
-    for r in rows:
-        r["precision"] = args.precision
     common.write_json(args.json, "conv_grad", rows)
     common.footer()
     print(f"RATIO conv_grad: train step with TF's Conv2D input gradient ÷ with keras-kd's ({args.precision}): "

@@ -278,10 +278,11 @@ class Runner:
                              "--model_dir")
         # With --seeds and shared teachers, a teacher stage was trained with the first seed (seeds.py).
         shared = bool(self.cfg.seeds) and self.cfg.share_teacher
-        diffs = signature_diff(record["signature"], self.signature(stage), shared)
-        if diffs:
-            raise StageError(f"stage {label}: saved with {', '.join(diffs)}; use --overwrite to retrain"
-                             f"{_precision_hint(diffs)} or another --model_dir")
+        want = self.signature(stage)
+        changes = signature_changes(record["signature"], want, shared)
+        if changes:
+            raise StageError(f"stage {label}: saved with {', '.join(describe_changes(changes, want['stage']))}; "
+                             f"use --overwrite to retrain{_precision_hint(changes)} or another --model_dir")
 
     def _external_record(self, stage: Stage) -> dict:
         """The external teacher's row: evaluated on the task's test split as far as its outputs allow."""
@@ -578,14 +579,12 @@ class Runner:
         return res.data
 
 
-def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> List[str]:
-    """`KEY=old (now new)` for each setting that differs, upstream stages' included.
-
-    A difference in an init or teacher stage says where (`lr=0.003 (now 0.01) in classify/teacher`); one
-    shared by the stage and its upstream stages is said once. With `shared_teachers`, a teacher stage's
-    seed is not compared: every seed's run distils from the first seed's teacher.
+def signature_changes(saved: dict, want: dict, shared_teachers: bool = False) -> List[tuple]:
+    """(KEY, old, new, [stages]) for each setting that differs, upstream stages' included, with the stages
+    (the one compared and its init or teacher stages) where it differs. With `shared_teachers`, a teacher
+    stage's seed is not compared: every seed's run distils from the first seed's teacher.
     """
-    found: Dict[tuple, List[str]] = {}
+    found: Dict[tuple, tuple] = {}
 
     def walk(a: dict, b: dict, where: str) -> None:
         for k in list(dict.fromkeys([*b, *a])):
@@ -596,22 +595,31 @@ def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> Li
             if isinstance(old, dict) and isinstance(new, dict) and old.get("stage") == new.get("stage"):
                 walk(old, new, new.get("stage", k))
             elif old != new:
-                found.setdefault((k, _short(old), _short(new)), []).append(where)
+                found.setdefault((k, _short(old), _short(new)), (k, old, new, []))[3].append(where)
 
     walk(saved, want, want.get("stage", ""))
-    own = want.get("stage", "")
-    return [f"{k}={old} (now {new})" + ("" if own in where else f" in {', '.join(dict.fromkeys(where))}")
-            for (k, old, new), where in found.items()]
+    return list(found.values())
 
 
-def _precision_hint(diffs: List[str]) -> str:
+def describe_changes(changes: List[tuple], own: str) -> List[str]:
+    """`KEY=old (now new)` for each change; one in an init or teacher stage says where (`lr=0.003 (now 0.01)
+    in classify/teacher`), one shared by the stage `own` and its upstream stages is said once."""
+    return [f"{k}={_short(old)} (now {_short(new)})"
+            + ("" if own in where else f" in {', '.join(dict.fromkeys(where))}") for k, old, new, where in changes]
+
+
+def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> List[str]:
+    """The settings that differ between two stage signatures, as the refusal line says them."""
+    return describe_changes(signature_changes(saved, want, shared_teachers), want.get("stage", ""))
+
+
+def _precision_hint(changes: List[tuple]) -> str:
     """How to reuse stages whose teacher differs only in precision. `auto` follows the CPU, so a model_dir
     moved to another machine, or trained before `auto` chose bfloat16 on this CPU, differs in it alone."""
-    old = [d.split("=", 1)[1].split(" (now ", 1)[0] for d in diffs if d.startswith("precision=")]
-    if len(old) != len(diffs) or len(set(old)) != 1:
+    saved = {old for k, old, _, _ in changes if k == "precision"}
+    if len(saved) != 1 or any(k != "precision" for k, *_ in changes):
         return ""
-    saved = "float32" if old[0] == "unset" else old[0].strip("'")  # float32 is left out of signatures
-    return f", --teacher_precision={saved} to reuse it,"
+    return f", --teacher_precision={saved.pop() or 'float32'} to reuse it,"  # float32 is left out of signatures
 
 
 def _short(value) -> str:

@@ -24,7 +24,7 @@ def test_auto_is_bfloat16_on_a_cpu_with_bfloat16_instructions_only(monkeypatch):
     assert precision.resolve("auto") == "bfloat16"
     monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx512f", "avx512_bf16"}))  # AMD EPYC (Zen 4)
     assert precision.resolve("auto") == "bfloat16"
-    monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx2", "avx512f"}))  # bfloat16 emulated: slower
+    monkeypatch.setattr(cpu, "features", lambda: frozenset({"avx2", "avx512f"}))  # no bfloat16 instructions
     assert precision.resolve("auto") == "float32"
     monkeypatch.setattr(cpu, "features", lambda: frozenset())  # not Linux, flags unknown
     assert precision.resolve("auto") == "float32"

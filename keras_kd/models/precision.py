@@ -26,7 +26,7 @@ def resolve(choice: str) -> str:
     if choice not in CHOICES:
         raise ValueError(f"precision must be one of {', '.join(CHOICES)}, got {choice!r}")
     if choice == "auto":
-        bf16 = BF16_FLAGS & cpu.features() and not tf.config.list_physical_devices("GPU")
+        bf16 = not BF16_FLAGS.isdisjoint(cpu.features()) and not tf.config.list_physical_devices("GPU")
         return "bfloat16" if bf16 else "float32"
     return choice
 

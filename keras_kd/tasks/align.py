@@ -245,11 +245,10 @@ def mean_shape(data_dir: str, cfg: Config, limit: int = 2000) -> np.ndarray:
     """
     try:
         st = os.stat(os.path.join(data_dir, META_FILE))
-        stamp = (st.st_mtime_ns, st.st_size)
-    except OSError:
-        stamp = None  # no meta.json: the pipeline will say what is wrong
-    key = (os.path.abspath(data_dir), stamp, Align().batch_config(cfg, False), limit)
-    if key not in _MEAN_SHAPES or stamp is None:
+    except OSError:  # no meta.json: the pipeline will say what is wrong
+        return _landmarks(data_dir, "train", cfg, limit).mean(axis=0)
+    key = (os.path.abspath(data_dir), st.st_mtime_ns, st.st_size, Align().batch_config(cfg, False), limit)
+    if key not in _MEAN_SHAPES:
         _MEAN_SHAPES[key] = _landmarks(data_dir, "train", cfg, limit).mean(axis=0)
     return _MEAN_SHAPES[key].copy()
 
