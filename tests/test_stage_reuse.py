@@ -12,7 +12,8 @@ from conftest import PAPER_RECIPE
 from keras_kd.config import Config
 from keras_kd.data import synthetic
 from keras_kd.keras import tf
-from keras_kd.stages import Runner, StageError, signature_diff
+from keras_kd.signatures import signature_diff
+from keras_kd.stages import Runner, StageError
 
 BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
             student_epochs=1, transfer_epochs=1, pretrain_epochs=1, ab_grid=((1.0, 0.0),),
