@@ -125,7 +125,7 @@ class Runner:
             try:
                 # Students on cached teacher targets are NAME_tc, beside their online twins.
                 stages = teacher_cache.cached_names(t.plan(self.cfg), self.cfg.teacher_cache, lambda r: {
-                    s.name: s for s in TASKS[r[0]].plan(self.cfg)}.get(r[1]))
+                    s.name: s for s in TASKS[r[0]].plan(self.cfg)}.get(r[1]), self._cacheable)
             except ValueError as e:
                 raise StageError(f"{task} plan: {e}") from None
             pk = t.batch_config(self.cfg, training=True).pk
@@ -466,10 +466,12 @@ class Runner:
         """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""
         if self.external is not None and self.external.offline:
             return self.external.cache(data_dir) if stage.distilled_from else None
-        if not teacher_cache.uses_cache(stage, self.cfg.teacher_cache):
+        keys = self._cacheable(stage.task)
+        if not teacher_cache.uses_cache(stage, self.cfg.teacher_cache, keys):
             if self.cfg.teacher_cache != "off" and stage.targets:
                 self.log(f"[teacher cache] {stage.task}/{stage.name}: targets {[n for n, _ in stage.targets]} need "
-                         f"teacher outputs the cache does not hold ({', '.join(teacher_cache.KEYS)} only): online teacher")
+                         f"teacher outputs the cache does not serve {stage.task} ({', '.join(keys)} only): "
+                         "online teacher")
             return None
         if self.external is not None:
             if not os.path.isfile(self.external.path):
@@ -484,6 +486,9 @@ class Runner:
         return teacher_cache.get(self.cfg.teacher_cache, weights, data_dir, train_cfg,
                                  lambda: self.load(*stage.teacher), self._teacher_caches,
                                  write=self.worker == 0, log=self.log)
+
+    def _cacheable(self, task: str) -> tuple:
+        return TASKS[task].cacheable_outputs(self.cfg)
 
     def _prepare_backup(self, stage: Stage, signature: dict) -> str:
         """The stage's backup directory, emptied unless it holds a backup of this very stage's training.

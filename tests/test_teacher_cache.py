@@ -175,12 +175,29 @@ def test_cached_stages_are_named_apart_from_online_ones():
     assert cls["student_d8_select_soft_tc"].init_from == ("classify", "student_d8_select")  # labels only: shared
     assert cls["student_d8_fitnet_soft_tc"].init_from == ("classify", "student_d8_fitnet_hint")  # hint: online
     assert cls["student_d8_label_soft_tc"].teacher == ("classify", "teacher")
-    al = {s.name: s for s in teacher_cache.cached_names(plans["align"], "memory", lookup)}
-    assert "student_d8_pretrain_a0b0" in al and "student_d8_pretrain_a0b1_tc" in al  # no target: shared
+    keys_of = lambda task: TASKS[task].cacheable_outputs(cfg)  # noqa: E731
+    al = {s.name: s for s in teacher_cache.cached_names(plans["align"], "memory", lookup, keys_of)}
+    assert "student_d8_pretrain_a0b0" in al  # no target: shared
+    assert "student_d8_pretrain_a1b0_tc" in al
     assert al["student_d8_distill_a1b0_tc"].init_from == ("classify", "student_d8_label_soft_tc")
     assert al["student_d8_distill_a0b0_tc"].init_from == ("classify", "student_d8_label_soft_tc")  # its history
     assert al["student_d8_distill_a1b0_tc"].teacher == ("align", "teacher")
     assert teacher_cache.cached_names(plans["align"], "off", lookup) == plans["align"]
+
+
+@pytest.mark.parametrize("head, cached", [("spatial", False), ("heatmap", False), ("pooled", True)])
+def test_alignment_k_is_cached_only_where_a_crop_does_not_move_it(head, cached):
+    """The spatial and heatmap heads' K is a map of the crop: the centre crop's K is not the shifted, flipped
+    view's, so a β stage trains online (not named _tc) unless its history holds the cache."""
+    cfg = Config(students=(8,), teacher_cache="memory", landmark_head=head)
+    plans = {t: TASKS[t].plan(cfg) for t in ("classify", "align")}
+    lookup = lambda r: {s.name: s for s in plans[r[0]]}.get(r[1])  # noqa: E731
+    keys_of = lambda task: TASKS[task].cacheable_outputs(cfg)  # noqa: E731
+    al = {s.name for s in teacher_cache.cached_names(plans["align"], "memory", lookup, keys_of)}
+    assert ("student_d8_pretrain_a0b1_tc" in al) is cached
+    assert ("student_d8_pretrain_a0b1" in al) is not cached
+    assert "student_d8_pretrain_a1b0_tc" in al  # the logits: cached with every head
+    assert "student_d8_distill_a0b1_tc" in al   # starts from the cached classification student
 
 
 def test_results_md_compares_cached_and_online_twins(tmp_path):

@@ -9,7 +9,9 @@ What is cached, and the approximation it makes:
 
 - ``logits`` and ``hidden`` (``KEYS``): what the soft, logits and hidden targets compare. The FitNet
   ``hint`` target needs stage-2 feature maps (H×W×C per image, too big to be worth it): a stage with such a
-  target trains online, whatever the flag says, and the log says so (``uses_cache``).
+  target trains online, whatever the flag says, and the log says so (``uses_cache``). So does a target on
+  an output its task does not let the cache serve (``Task.cacheable_outputs``): alignment's K is a map of
+  the crop with the spatial and heatmap heads, which a random shift and flip move.
 - One view per image: the **un-augmented** one, the evaluation-style centre crop without flip at the run's
   image_size. Training batches still use random crops and flips, so the student sees an augmented image
   against the teacher's outputs for the centred one: an approximation, not the online targets. On
@@ -70,23 +72,26 @@ class TeacherCacheError(DataError):
 
 
 # ---- which stages use it ---------------------------------------------------------------------------
-def cacheable(targets: Sequence) -> bool:
-    """True when every target of (name, weight) pairs compares only outputs the cache holds."""
-    return all(set(methods.REGISTRY[methods.ALIASES.get(name, name)].keys) <= set(KEYS) for name, _ in targets)
+def cacheable(targets: Sequence, keys: Sequence[str] = KEYS) -> bool:
+    """True when every target of (name, weight) pairs compares only outputs in ``keys``: those the cache
+    holds and the task lets it serve (``Task.cacheable_outputs``)."""
+    return all(set(methods.REGISTRY[methods.ALIASES.get(name, name)].keys) <= set(keys) for name, _ in targets)
 
 
-def uses_cache(stage, mode: str) -> bool:
+def uses_cache(stage, mode: str, keys: Sequence[str] = KEYS) -> bool:
     """Whether a stage trains on cached teacher outputs under ``--teacher_cache=mode``."""
-    return mode != "off" and stage.distilled_from is not None and cacheable(stage.targets)
+    return mode != "off" and stage.distilled_from is not None and cacheable(stage.targets, keys)
 
 
-def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[object]]) -> list:
+def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[object]],
+                 keys_of: Callable[[str], Sequence[str]] = lambda task: KEYS) -> list:
     """The plan with cached stages renamed NAME_tc, and references to them (init_from) renamed too.
 
     A stage is cached when it trains on cached targets, or starts from a cached stage (alignment's Distill
     students start from the cached classification student of the same run, even with α = β = 0): a name
     always says whether the cache is anywhere in a network's history. ``lookup((task, name))`` returns the
-    (un-renamed) stage a reference points to, in any task's plan.
+    (un-renamed) stage a reference points to, in any task's plan; ``keys_of(task)`` the outputs the cache
+    may serve that task's stages.
     """
     if mode == "off":
         return stages
@@ -94,7 +99,8 @@ def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[obj
     def cached(stage, depth=0) -> bool:
         if stage is None or depth > 20:
             return False
-        return uses_cache(stage, mode) or (stage.init_from is not None and cached(lookup(stage.init_from), depth + 1))
+        return (uses_cache(stage, mode, keys_of(stage.task))
+                or (stage.init_from is not None and cached(lookup(stage.init_from), depth + 1)))
 
     def ref(r):
         return (r[0], r[1] + SUFFIX) if r is not None and cached(lookup(r)) else r

@@ -45,6 +45,11 @@ class Align(TransferTask):
     def settings(self, stage, cfg):
         return {"landmark_head": cfg.landmark_head}
 
+    def cacheable_outputs(self, cfg):
+        # The spatial and heatmap heads' K is a map of the crop: the centre crop's is about as far from the
+        # shifted, flipped view's as another face's is (docs/performance.md), so a K target trains online.
+        return super().cacheable_outputs(cfg) if cfg.landmark_head == "pooled" else ("logits",)
+
     def task_loss(self, stage: Stage, cfg: Config):
         def loss(y, s):
             # Images without landmarks (mixed data sets) contribute nothing.

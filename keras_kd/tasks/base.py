@@ -17,7 +17,7 @@ import numpy as np
 from keras_kd import results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
-from keras_kd.distill import methods
+from keras_kd.distill import methods, teacher_cache
 from keras_kd.keras import keras, tf
 from keras_kd.models import archs
 
@@ -96,6 +96,12 @@ class Task:
         """This task's flags that shape a stage (its loss, its heads), by name: part of the signature a
         saved stage is reused by (stages.py), so only what changes the trained network belongs here."""
         return {}
+
+    def cacheable_outputs(self, cfg: Config) -> Tuple[str, ...]:
+        """Teacher outputs that ``--teacher_cache`` may serve this task's students: computed once on the
+        centre crop, they stand in for those of the shifted, flipped crop the student sees, so only outputs
+        that such a crop changes little belong here (the logits and the pooled K)."""
+        return teacher_cache.KEYS
 
     def labels_index_classes(self, cfg: Config) -> bool:
         """Whether this task's identity labels are the classes of the classification head every network

@@ -1,0 +1,102 @@
+"""What the teacher cache's approximation is: the teacher's outputs on the centre crop ÷ on the student's view.
+
+    python main.py --task=align                                  # a run with trained teachers (any model_dir)
+    python -m bench.teacher_views --model_dir=runs [--images=256] [--views=4]
+
+``--teacher_cache`` runs the teacher once per training image, on the evaluation's centre crop, while the
+student trains on random crops and flips of the same image. For each trained teacher of the run (classify,
+align) and each output the cache holds (logits, K), over training images: the distance between the output on
+a training view (the pipeline's random crop of the resized image, flipped half the time) and on the centre
+crop, relative to the view's output (mean over images and views). Beside it, the same distance to the centre-crop
+output of another person's image: the scale of a target that is simply wrong. Forward passes only, no timing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from bench import common
+from export.run import config_from_run
+from keras_kd.data import pipeline
+from keras_kd.distill import teacher_cache
+from keras_kd.stages import Runner
+from keras_kd.tasks import TASKS
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of ‖a − b‖ / ‖b‖."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return float(np.mean(np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)))
+
+
+def _another_identity(labels: np.ndarray) -> np.ndarray:
+    """For each image, the index of the next image (cyclically) of another identity."""
+    n = len(labels)
+    return np.array([next((j % n for j in range(i + 1, i + n) if labels[j % n] != labels[i]), (i + 1) % n)
+                     for i in range(n)])
+
+
+def views(resized: np.ndarray, size: int, count: int, rng: np.random.Generator) -> Tuple[np.ndarray, List]:
+    """The centre crop of each resized image and ``count`` training views (random crop, flip half the time),
+    as pipeline._crop_flip draws them."""
+    margin = resized.shape[1] - size
+    c = margin // 2
+    centre = resized[:, c:c + size, c:c + size]
+    out = []
+    for _ in range(count):
+        crops = []
+        for img in resized:
+            y, x = rng.integers(0, margin + 1, size=2)
+            v = img[y:y + size, x:x + size]
+            crops.append(v[:, ::-1] if rng.random() < 0.5 else v)
+        out.append(np.stack(crops))
+    return centre, out
+
+
+def main(argv=None) -> List[dict]:
+    p = common.parser(__doc__)
+    p.add_argument("--model_dir", default="runs")
+    p.add_argument("--images", type=int, default=256, help="training images per teacher")
+    p.add_argument("--views", type=int, default=4, help="random training views per image")
+    args = p.parse_args(argv)
+    common.header("teacher_views")
+    rows = []
+    for task in ("classify", "align"):
+        cfg = config_from_run(args.model_dir, task)
+        runner = Runner(cfg, log=lambda _: None)
+        teacher = runner.load(task, "teacher")
+        size = cfg.image_size
+        in_cfg = TASKS[task].batch_config(cfg, training=True)
+        # The whole resized image (no crop): every training view and the centre crop are cut from it.
+        whole = dataclasses.replace(in_cfg, image_size=in_cfg.resize_size, batch_size=args.images, augment=False,
+                                    flip=False, pk=None, cache="off", val_fraction=0.0)
+        images, targets = next(iter(pipeline.make_dataset(runner.data_dir(task), "train", whole, training=False)))
+        resized, other = images.numpy(), _another_identity(targets["label"].numpy())
+        centre, train_views = views(resized, size, args.views, np.random.default_rng(0))
+
+        def outputs(x) -> Dict[str, np.ndarray]:
+            out = teacher(x, training=False)
+            return {k: out[k].numpy() for k in teacher_cache.KEYS}
+
+        at_centre = outputs(centre)
+        seen = [outputs(v) for v in train_views]
+        cacheable = TASKS[task].cacheable_outputs(cfg)
+        for k in teacher_cache.KEYS:
+            rows.append({
+                "task": task, "output": k, "shape": "x".join(map(str, at_centre[k].shape[1:])),
+                "centre_vs_view": float(np.mean([_relative(at_centre[k], s[k]) for s in seen])),
+                "other_image": float(np.mean([_relative(at_centre[k][other], s[k]) for s in seen])),
+                "cached": k in cacheable, "landmark_head": cfg.landmark_head if task == "align" else ""})
+    cols = ["task", "output", "shape", "centre_vs_view", "other_image", "cached", "landmark_head"]
+    print(common.table(cols, [[r[c] for c in cols] for r in rows]))
+    print("RATIO teacher_views: centre crop vs the student's view ÷ another image: " + ", ".join(
+        f"{r['task']} {r['output']} {r['centre_vs_view'] / r['other_image']:.2f}" for r in rows), flush=True)
+    common.write_json(args.json, "teacher_views", {"rows": rows})
+    common.footer()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""bench.teacher_views: the views it compares are the pipeline's (centre crop; random crops and flips of the
+resized image), and "another image" is always another person's."""
+import numpy as np
+
+from bench import teacher_views
+
+
+def test_centre_crop_and_training_views_are_cut_from_the_resized_image():
+    rng = np.random.default_rng(0)
+    resized = rng.random((3, 56, 56, 3)).astype(np.float32)
+    centre, views = teacher_views.views(resized, 48, 5, np.random.default_rng(1))
+    np.testing.assert_array_equal(centre, resized[:, 4:52, 4:52])
+    assert len(views) == 5 and all(v.shape == (3, 48, 48, 3) for v in views)
+    windows = [resized[i, y:y + 48, x:x + 48] for i in range(3) for y in range(9) for x in range(9)]
+    for v in views:
+        for i in range(3):  # each view is one of the 81 crops of its own image, maybe mirrored
+            own = windows[i * 81:(i + 1) * 81]
+            assert any(np.array_equal(v[i], w) or np.array_equal(v[i], w[:, ::-1]) for w in own)
+
+
+def test_another_image_is_of_another_identity():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    other = teacher_views._another_identity(labels)
+    assert list(other) == [3, 3, 3, 5, 5, 0]
+    assert np.all(labels[other] != labels)
+
+
+def test_relative_distance_is_per_row_and_normalized_by_the_view():
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[2.0, 0.0], [0.0, 2.0]])
+    assert teacher_views._relative(a, b) == 0.25  # (0.5 + 0) / 2
