@@ -72,7 +72,8 @@ flags.DEFINE_float("val_fraction", _d("val_fraction"), "Fraction of the training
 flags.DEFINE_enum("teacher_cache", _d("teacher_cache"), ["off", "memory", "disk"],
                   "Compute the teacher's logits and hidden layer once per training image (un-augmented centre "
                   "crop) instead of in every step: memory (this run) or disk (<data>/teacher_cache/, reused "
-                  "while teacher, data and pre-processing are unchanged). Students trained so are named *_tc.")
+                  "while teacher, data and pre-processing are unchanged). Students trained so are named *_tc. "
+                  "Outputs a crop moves (alignment's spatial K) stay online.")
 flags.DEFINE_enum("teacher_precision", _d("teacher_precision"), ["auto", "float32", "bfloat16"],
                   "What the teachers this run trains compute in: bfloat16 (float32 weights and outputs) or float32. "
                   "auto: bfloat16 on a CPU with bfloat16 instructions (AMX, AVX512_BF16), where it is faster, "
