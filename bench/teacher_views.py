@@ -13,6 +13,7 @@ output of another person's image: the scale of a target that is simply wrong. Fo
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -63,7 +64,12 @@ def main(argv=None) -> List[dict]:
     args = p.parse_args(argv)
     common.header("teacher_views")
     rows = []
-    for task in ("classify", "align"):
+    tasks = [t for t in ("classify", "align")
+             if os.path.exists(os.path.join(args.model_dir, t, "stages", "teacher.weights.h5"))]
+    if not tasks:
+        raise SystemExit(f"{args.model_dir}: no trained teacher (classify/ or align/stages/teacher.weights.h5); "
+                         "run python main.py --task=align first")
+    for task in tasks:
         cfg = config_from_run(args.model_dir, task)
         runner = Runner(cfg, log=lambda _: None)
         teacher = runner.load(task, "teacher")

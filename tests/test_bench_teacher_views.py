@@ -1,6 +1,7 @@
 """bench.teacher_views: the views it compares are the pipeline's (centre crop; random crops and flips of the
 resized image), and "another image" is always another person's."""
 import numpy as np
+import pytest
 
 from bench import teacher_views
 
@@ -29,3 +30,9 @@ def test_relative_distance_is_per_row_and_normalized_by_the_view():
     a = np.array([[1.0, 0.0], [0.0, 2.0]])
     b = np.array([[2.0, 0.0], [0.0, 2.0]])
     assert teacher_views._relative(a, b) == 0.25  # (0.5 + 0) / 2
+
+
+def test_a_model_dir_without_trained_teachers_is_one_clear_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        teacher_views.main([f"--model_dir={tmp_path}"])
+    assert str(tmp_path) in str(e.value) and "no trained teacher" in str(e.value)
