@@ -21,7 +21,9 @@ import numpy as np
 from bench import common
 from export.run import config_from_run
 from keras_kd.data import pipeline
+from keras_kd.data.example import NUM_LANDMARKS
 from keras_kd.distill import teacher_cache
+from keras_kd.keras import tf
 from keras_kd.stages import Runner
 from keras_kd.tasks import TASKS
 
@@ -39,21 +41,18 @@ def _another_identity(labels: np.ndarray) -> np.ndarray:
                      for i in range(n)])
 
 
-def views(resized: np.ndarray, size: int, count: int, rng: np.random.Generator) -> Tuple[np.ndarray, List]:
-    """The centre crop of each resized image and ``count`` training views (random crop, flip half the time),
-    as pipeline._crop_flip draws them."""
-    margin = resized.shape[1] - size
-    c = margin // 2
-    centre = resized[:, c:c + size, c:c + size]
-    out = []
-    for _ in range(count):
-        crops = []
-        for img in resized:
-            y, x = rng.integers(0, margin + 1, size=2)
-            v = img[y:y + size, x:x + size]
-            crops.append(v[:, ::-1] if rng.random() < 0.5 else v)
-        out.append(np.stack(crops))
-    return centre, out
+def views(resized: np.ndarray, in_cfg: pipeline.InputConfig, count: int, seed: int = 0) -> Tuple[np.ndarray, List]:
+    """The centre crop of each resized uint8 image and ``count`` training views, cut by the pipeline's own
+    crop and flip (``pipeline._crop_flip``), as the teacher cache and the student get them."""
+    tf.random.set_seed(seed)
+
+    def cut(image: np.ndarray, training: bool) -> np.ndarray:
+        ex = {"image": tf.constant(image), "landmarks": tf.zeros([NUM_LANDMARKS, 2]), "label": tf.constant(0),
+              "has_landmarks": tf.constant(False), "source": tf.constant("")}
+        return pipeline._crop_flip(ex, in_cfg, training)[0].numpy()
+
+    centre = np.stack([cut(image, False) for image in resized])
+    return centre, [np.stack([cut(image, True) for image in resized]) for _ in range(count)]
 
 
 def main(argv=None) -> List[dict]:
@@ -73,14 +72,14 @@ def main(argv=None) -> List[dict]:
         cfg = config_from_run(args.model_dir, task)
         runner = Runner(cfg, log=lambda _: None)
         teacher = runner.load(task, "teacher")
-        size = cfg.image_size
         in_cfg = TASKS[task].batch_config(cfg, training=True)
         # The whole resized image (no crop): every training view and the centre crop are cut from it.
         whole = dataclasses.replace(in_cfg, image_size=in_cfg.resize_size, batch_size=args.images, augment=False,
                                     flip=False, pk=None, cache="off", val_fraction=0.0)
         images, targets = next(iter(pipeline.make_dataset(runner.data_dir(task), "train", whole, training=False)))
-        resized, other = images.numpy(), _another_identity(targets["label"].numpy())
-        centre, train_views = views(resized, size, args.views, np.random.default_rng(0))
+        resized = np.round(images.numpy() * 255.0).astype(np.uint8)  # the pipeline's decoded, resized pixels
+        other = _another_identity(targets["label"].numpy())
+        centre, train_views = views(resized, in_cfg, args.views)
 
         def outputs(x) -> Dict[str, np.ndarray]:
             out = teacher(x, training=False)

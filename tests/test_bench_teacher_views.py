@@ -4,18 +4,21 @@ import numpy as np
 import pytest
 
 from bench import teacher_views
+from keras_kd.data import pipeline
 
 
 def test_centre_crop_and_training_views_are_cut_from_the_resized_image():
-    rng = np.random.default_rng(0)
-    resized = rng.random((3, 56, 56, 3)).astype(np.float32)
-    centre, views = teacher_views.views(resized, 48, 5, np.random.default_rng(1))
-    np.testing.assert_array_equal(centre, resized[:, 4:52, 4:52])
+    cfg = pipeline.InputConfig(image_size=48, batch_size=1)
+    r, margin = cfg.resize_size, cfg.resize_size - 48
+    resized = np.random.default_rng(0).integers(0, 256, (3, r, r, 3)).astype(np.uint8)
+    centre, views = teacher_views.views(resized, cfg, 5)
+    pixels = resized.astype(np.float32) / 255.0  # what the pipeline feeds the model
+    c = margin // 2
+    np.testing.assert_array_equal(centre, pixels[:, c:c + 48, c:c + 48])
     assert len(views) == 5 and all(v.shape == (3, 48, 48, 3) for v in views)
-    windows = [resized[i, y:y + 48, x:x + 48] for i in range(3) for y in range(9) for x in range(9)]
     for v in views:
-        for i in range(3):  # each view is one of the 81 crops of its own image, maybe mirrored
-            own = windows[i * 81:(i + 1) * 81]
+        for i in range(3):  # each view is one of the crops of its own image, maybe mirrored
+            own = [pixels[i, y:y + 48, x:x + 48] for y in range(margin + 1) for x in range(margin + 1)]
             assert any(np.array_equal(v[i], w) or np.array_equal(v[i], w[:, ::-1]) for w in own)
 
 
