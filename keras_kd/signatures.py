@@ -36,11 +36,6 @@ def describe_changes(changes: List[tuple], own: str) -> List[str]:
             + ("" if own in where else f" in {', '.join(dict.fromkeys(where))}") for k, old, new, where in changes]
 
 
-def signature_diff(saved: dict, want: dict, shared_teachers: bool = False) -> List[str]:
-    """The settings that differ between two stage signatures, as the refusal line says them."""
-    return describe_changes(signature_changes(saved, want, shared_teachers), want.get("stage", ""))
-
-
 def precision_hint(changes: List[tuple]) -> str:
     """How to reuse stages whose teacher differs only in precision. `auto` follows the CPU, so a model_dir
     moved to another machine, or trained before `auto` chose bfloat16 on this CPU, differs in it alone."""

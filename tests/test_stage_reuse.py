@@ -12,7 +12,7 @@ from conftest import PAPER_RECIPE
 from keras_kd.config import Config
 from keras_kd.data import synthetic
 from keras_kd.keras import tf
-from keras_kd.signatures import signature_diff
+from keras_kd.signatures import signature_changes
 from keras_kd.stages import Runner, StageError
 
 BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
@@ -145,7 +145,7 @@ def test_a_shared_teacher_of_the_first_seed_is_reused_by_the_others(data_dir, tm
     # A student trained in seed 1 records its teacher as it is: trained with seed 0.
     sig = second._trained_signature(second.stage("classify", "student_d8_label_soft"))
     assert sig["seed"] == 1 and sig["teacher"]["seed"] == 0
-    assert signature_diff(sig, second.signature(second.stage("classify", "student_d8_label_soft")), True) == []
+    assert signature_changes(sig, second.signature(second.stage("classify", "student_d8_label_soft")), True) == []
     # Without sharing, the seed is the seed's own, and the teacher of seed 0 is not this seed's.
     own, _ = _runner(data_dir, tmp_path / "seed1", seed=1, seeds=(0, 1), share_teacher=False)
     with pytest.raises(StageError, match=r"^stage classify/teacher: saved with seed=0 \(now 1\); "):
