@@ -168,21 +168,21 @@ def test_cached_stages_are_named_apart_from_online_ones():
     cfg = Config(students=(8,), teacher_cache="memory")
     plans = {t: TASKS[t].plan(cfg) for t in ("classify", "align")}
     lookup = lambda r: {s.name: s for s in plans[r[0]]}.get(r[1])  # noqa: E731
-    cls = {s.name: s for s in teacher_cache.cached_names(plans["classify"], "memory", lookup)}
+    keys_of = lambda task: TASKS[task].cacheable_outputs(cfg)  # noqa: E731
+    cls = {s.name: s for s in teacher_cache.cached_names(plans["classify"], "memory", lookup, keys_of)}
     assert {"teacher", "student_d8_label", "student_d8_label_soft_tc", "student_d8_scratch_soft_tc",
             "student_d8_fitnet_hint", "student_d8_fitnet_soft_tc", "student_d8_select",
             "student_d8_select_soft_tc"} == set(cls)
     assert cls["student_d8_select_soft_tc"].init_from == ("classify", "student_d8_select")  # labels only: shared
     assert cls["student_d8_fitnet_soft_tc"].init_from == ("classify", "student_d8_fitnet_hint")  # hint: online
     assert cls["student_d8_label_soft_tc"].teacher == ("classify", "teacher")
-    keys_of = lambda task: TASKS[task].cacheable_outputs(cfg)  # noqa: E731
     al = {s.name: s for s in teacher_cache.cached_names(plans["align"], "memory", lookup, keys_of)}
     assert "student_d8_pretrain_a0b0" in al  # no target: shared
     assert "student_d8_pretrain_a1b0_tc" in al
     assert al["student_d8_distill_a1b0_tc"].init_from == ("classify", "student_d8_label_soft_tc")
     assert al["student_d8_distill_a0b0_tc"].init_from == ("classify", "student_d8_label_soft_tc")  # its history
     assert al["student_d8_distill_a1b0_tc"].teacher == ("align", "teacher")
-    assert teacher_cache.cached_names(plans["align"], "off", lookup) == plans["align"]
+    assert teacher_cache.cached_names(plans["align"], "off", lookup, keys_of) == plans["align"]
 
 
 @pytest.mark.parametrize("head, cached", [("spatial", False), ("heatmap", False), ("pooled", True)])

@@ -72,19 +72,19 @@ class TeacherCacheError(DataError):
 
 
 # ---- which stages use it ---------------------------------------------------------------------------
-def cacheable(targets: Sequence, keys: Sequence[str] = KEYS) -> bool:
+def cacheable(targets: Sequence, keys: Sequence[str]) -> bool:
     """True when every target of (name, weight) pairs compares only outputs in ``keys``: those the cache
     holds and the task lets it serve (``Task.cacheable_outputs``)."""
     return all(set(methods.REGISTRY[methods.ALIASES.get(name, name)].keys) <= set(keys) for name, _ in targets)
 
 
-def uses_cache(stage, mode: str, keys: Sequence[str] = KEYS) -> bool:
+def uses_cache(stage, mode: str, keys: Sequence[str]) -> bool:
     """Whether a stage trains on cached teacher outputs under ``--teacher_cache=mode``."""
     return mode != "off" and stage.distilled_from is not None and cacheable(stage.targets, keys)
 
 
 def cached_names(stages: list, mode: str, lookup: Callable[[tuple], Optional[object]],
-                 keys_of: Callable[[str], Sequence[str]] = lambda task: KEYS) -> list:
+                 keys_of: Callable[[str], Sequence[str]]) -> list:
     """The plan with cached stages renamed NAME_tc, and references to them (init_from) renamed too.
 
     A stage is cached when it trains on cached targets, or starts from a cached stage (alignment's Distill
