@@ -108,8 +108,8 @@ def test_auto_follows_the_cpu(monkeypatch):
 
 
 def test_bfloat16_convolutions_keep_tensorflows_gradient():
-    """bfloat16 convolutions (a teacher under --teacher_precision) are left TensorFlow's input gradient, the
-    one bench.conv_grad --precision=bfloat16 measured ahead there (bench/RESULTS.md section 12)."""
+    """bfloat16 convolutions (a teacher under --teacher_precision) keep TensorFlow's Conv2DBackpropInput in their
+    graph; why is bench/RESULTS.md section 12's business, not this test's."""
     x = tf.random.uniform((2, 8, 8, 16))
     kernel = tf.random.uniform((3, 3, 16, 16))
 
