@@ -88,6 +88,7 @@ class Runner:
         self._records: Dict[tuple, dict] = {}
         self._signatures: Dict[tuple, dict] = {}
         self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
+        self._networks: Dict[tuple, keras.Model] = {}  # saved stages read by later ones (_network)
         self._announced_val: set = set()  # data dirs whose val split was described in the log
         # --teacher / --teacher_outputs: the teacher of every teacher stage, none trained.
         self.external = external.ExternalTeacher(cfg) if (cfg.teacher or cfg.teacher_outputs) else None
@@ -314,11 +315,18 @@ class Runner:
             raise StageError(f"{path}: cannot load weights ({str(e).splitlines()[0]})") from None
         return model
 
-    def _initial(self, stage: Stage, model: keras.Model) -> None:
+    def _network(self, task: str, name: str) -> keras.Model:
+        """A saved stage's network as later stages read it (init source, teacher): loaded once per run, since
+        a saved stage never changes and each load builds the network anew (1-2 s for a ResNet-50)."""
+        if (task, name) not in self._networks:
+            self._networks[task, name] = self.load(task, name)
+        return self._networks[task, name]
+
+    def _initial(self, stage: Stage, model: keras.Model, source: Optional[keras.Model]) -> None:
         copied = []
         if stage.init_from is not None:
             copy = network.select_weights if stage.init == "select" else network.transfer_weights
-            copied = copy(self.load(*stage.init_from), model)
+            copied = copy(source, model)
             self.log(f"[stage] {stage.task}/{stage.name}: initialized {len(copied)} layers from "
                      f"{'/'.join(stage.init_from)}")
         TASKS[stage.task].init_heads(model, copied, self.data_dir(stage.task), self.cfg)
@@ -342,11 +350,14 @@ class Runner:
                  f"(init {stage.init}, targets {dict(stage.targets) or 'none'}, lr {stage.lr})"
                  + (f"; validating on {n_val} held-out train images" if n_val else ""))
         cache = self._teacher_cache(stage, data_dir, train_cfg)
-        keras.utils.set_random_seed(cfg.seed)  # again: filling the cache may have built a teacher
         with self.strategy.scope():
+            source = self._network(*stage.init_from) if stage.init_from else None
+            teacher = self._network(*stage.distilled_from) if stage.distilled_from else None
+            # Again, after the networks it reads: what the stage draws then does not depend on whether an
+            # earlier stage of this run had already loaded them.
+            keras.utils.set_random_seed(cfg.seed)
             student = self.build(stage)
-            self._initial(stage, student)
-            teacher = self.load(*stage.distilled_from) if stage.distilled_from else None
+            self._initial(stage, student, source)
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
                                   stage.targets, config=cfg,
                                   eval_metrics=task.eval_metrics(stage) if stage.evaluate and n_val else None)

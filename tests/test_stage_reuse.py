@@ -1,18 +1,23 @@
 """A saved stage is reused only when it was trained with the settings the current flags give (its signature).
 
 Saved stages are faked here (a record and an empty weights file: reuse reads the record, never the weights),
-so no network is trained; the end-to-end rerun of a trained model_dir is in test_main.py.
+so no network is trained but in the last test (how later stages read saved networks); the end-to-end rerun of a
+trained model_dir is in test_main.py.
 """
 import json
 import os
+import random
+import shutil
 
+import numpy as np
 import pytest
 
 from conftest import PAPER_RECIPE
 from keras_kd.config import Config
 from keras_kd.data import synthetic
-from keras_kd.keras import tf
+from keras_kd.keras import keras, tf
 from keras_kd.signatures import signature_changes
+from keras_kd import stages
 from keras_kd.stages import Runner, StageError
 
 BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
@@ -199,3 +204,41 @@ def test_the_teachers_precision_shapes_it_and_what_it_taught_only(data_dir, tmp_
                                          r"precision=unset \(now 'bfloat16'\) in classify/teacher; use --overwrite "
                                          r"to retrain or another --model_dir$"):  # precision alone would not do
         other.ensure("classify", "student_d8_label_soft")
+
+
+def test_a_saved_network_is_loaded_once_per_run_and_what_a_stage_draws_does_not_depend_on_it(data_dir, tmp_path,
+                                                                                             monkeypatch):
+    """The teacher feeds three stages (two as their teacher, one as its selected start) and is loaded once. The
+    last of them, trained alone by a fresh run that loads its teacher for the first time, draws the same random
+    numbers once its networks are built (probed where its Distiller is made): the seed is set after the loads.
+    (Its weights cannot be compared: multi-threaded training on a CPU is not bitwise reproducible.)"""
+    loads, probes = [], {}
+    load = Runner.load
+    monkeypatch.setattr(Runner, "load", lambda self, task, name: loads.append((task, name)) or load(self, task, name))
+
+    def distiller(student, *args, **kwargs):
+        probe = keras.layers.Dense(4)  # draws its kernel as the Keras initializers do
+        probe.build((None, 3))
+        probes.setdefault(student.name, []).append(
+            [*probe.kernel.numpy().ravel(), random.random(), *tf.random.uniform([2]).numpy(), *np.random.rand(2)])
+        return stages.Distiller.__wrapped__(student, *args, **kwargs)
+    distiller.__wrapped__ = stages.Distiller
+    monkeypatch.setattr(stages, "Distiller", distiller)
+    kw = dict(cls_inits=("label", "select"), verbose=0)
+    runner, _ = _runner(data_dir, tmp_path / "all", **kw)
+    runner.run("classify")
+    assert list(runner.plan("classify")) == ["teacher", "student_d8_label", "student_d8_label_soft",
+                                             "student_d8_select", "student_d8_select_soft"]
+    assert sorted(loads) == [("classify", "student_d8_label"), ("classify", "student_d8_select"),
+                             ("classify", "teacher")]
+    saved = tmp_path / "all" / "classify" / "stages"
+    alone = tmp_path / "alone" / "classify" / "stages"
+    alone.mkdir(parents=True)
+    for name in ("teacher", "student_d8_select"):
+        for suffix in (".json", ".weights.h5"):
+            shutil.copy(saved / (name + suffix), alone / (name + suffix))
+    fresh, logs = _runner(data_dir, tmp_path / "alone", **kw)
+    fresh.ensure("classify", "student_d8_select_soft")
+    assert any("student_d8_select_soft: training" in line for line in logs)
+    first, alone_run = probes["student_d8_select_soft"]
+    np.testing.assert_array_equal(first, alone_run)
