@@ -33,10 +33,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import distribute, io, results, training
+from keras_kd import distribute, io, results, stage_inputs, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
-from keras_kd.data.example import DataError, read_meta
+from keras_kd.data.example import read_meta
 from keras_kd.distill import methods, teacher_cache
 from keras_kd.distill.distiller import Distiller
 from keras_kd.keras import keras, tf
@@ -81,15 +81,13 @@ class Runner:
         self.root = cfg.model_dir if self.worker == 0 else os.path.join(
             cfg.model_dir, ".workers", f"worker-{self.worker}")
         self.log = log if self.worker == 0 else (lambda msg: log(f"[worker {self.worker}] {msg}"))
-        self.data_problems: Dict[str, List[str]] = {}     # --skip_corrupt: what scan found, per data dir
-        self._readable_counts: Dict[str, Dict[str, int]] = {}
         self._plans: Dict[str, Dict[str, Stage]] = {}
         self._metas: Dict[str, dict] = {}
+        self.inputs = stage_inputs.StageInputs(cfg, self.strategy, self.log)
         self._records: Dict[tuple, dict] = {}
         self._signatures: Dict[tuple, dict] = {}
         self._teacher_caches: Dict[str, teacher_cache.TeacherCache] = {}  # --teacher_cache=memory, by key
         self._networks: Dict[tuple, keras.Model] = {}  # saved stages read by later ones (_network)
-        self._announced_val: set = set()  # data dirs whose val split was described in the log
         # --teacher / --teacher_outputs: the teacher of every teacher stage, none trained.
         self.external = external.ExternalTeacher(cfg) if (cfg.teacher or cfg.teacher_outputs) else None
 
@@ -340,7 +338,7 @@ class Runner:
         num_classes = int(meta["num_classes"]) if task.uses_labels else None
         train_cfg = task.batch_config(cfg, training=True)
         with pipeline.naming_bad_records(data_dir, num_classes):
-            n_train, n_val, train_ids, val_ids = self._split_sizes(data_dir, train_cfg, num_classes)
+            n_train, n_val, train_ids, val_ids = self.inputs.split_sizes(data_dir, train_cfg, num_classes)
         if train_cfg.pk and train_cfg.pk[0] > train_ids:
             held = (f" left for training (--val_fraction={cfg.val_fraction} holds out {val_ids} more)"
                     if val_ids and pipeline.val_rule(data_dir, cfg.val_fraction).by == "identity" else "")
@@ -361,11 +359,9 @@ class Runner:
             distiller = Distiller(student, teacher, task.task_loss(stage, cfg) if stage.task_loss else None,
                                   stage.targets, config=cfg,
                                   eval_metrics=task.eval_metrics(stage) if stage.evaluate and n_val else None)
-        ds = self.strategy.distribute_datasets_from_function(
-            lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
-                                              teacher_outputs=cache, log=self.log))
-        validation = self._val_dataset(data_dir, task.batch_config(cfg, training=False), cache,
-                                       n_val) if n_val else None
+        ds = self.inputs.train_dataset(data_dir, train_cfg, cache)
+        validation = self.inputs.val_dataset(data_dir, task.batch_config(cfg, training=False), cache,
+                                             n_val) if n_val else None
         backup = self._prepare_backup(stage, {
             "stage": dataclasses.asdict(stage), "steps": steps, "batch_size": train_cfg.batch_size,
             "data": meta["name"], "teacher_source": self._teacher_identity(stage),
@@ -412,8 +408,8 @@ class Runner:
             record["teacher_cache"] = cfg.teacher_cache
         if self._teacher_identity(stage):
             record["teacher_source"] = self._teacher_identity(stage)
-        if self.data_problems.get(data_dir):
-            record["skipped_problems"] = len(self.data_problems[data_dir])
+        if self.inputs.problems.get(data_dir):
+            record["skipped_problems"] = len(self.inputs.problems[data_dir])
         if stage.task == "verify":
             record["softmax"] = stage.softmax
         if "landmarks" in task.heads:
@@ -427,51 +423,6 @@ class Runner:
         self.log(f"[stage] {label}: {stage.epochs} epochs in {seconds:.0f}s, loss "
                  f"{loss[0]:.3f} → {loss[-1]:.3f}; {_fmt(record['metrics'])}")
         return record
-
-    def _split_sizes(self, data_dir: str, train_cfg: pipeline.InputConfig, num_classes: Optional[int]):
-        """(train records, val records, train identities, val identities) a stage trains and validates on."""
-        meta = read_meta(data_dir)
-        n_train = self._readable(data_dir, num_classes) if self.cfg.skip_corrupt else int(meta["splits"]["train"])
-        if not train_cfg.val_fraction:
-            return n_train, 0, int(meta["num_classes"]), 0
-        counts = pipeline.split_counts(data_dir, train_cfg)
-        if not counts["train"]:
-            raise DataError(f"{data_dir}: --val_fraction={train_cfg.val_fraction} leaves no train record "
-                            f"(all {counts['val']} are held out for validation); lower it")
-        if data_dir not in self._announced_val:
-            self._announced_val.add(data_dir)
-            rule = pipeline.val_rule(data_dir, train_cfg.val_fraction)
-            capped = f", capped at {pipeline.MAX_VAL_IMAGES} images" if rule.fraction < train_cfg.val_fraction else ""
-            self.log(f"[data] {data_dir}: val split = {counts['val']} of the {counts['train'] + counts['val']} train "
-                     f"records ({counts['val_ids']} identities), held out by {rule.by} (fraction {rule.fraction:.3g}"
-                     f"{capped}, the data's seed {rule.seed}); models are chosen on it, the test split only measures")
-        return n_train - counts["val"], counts["val"], counts["train_ids"], counts["val_ids"]
-
-    def _val_dataset(self, data_dir: str, val_cfg: pipeline.InputConfig, cache, n_val: int):
-        """(dataset, steps): the val split, evaluated by `fit` after every epoch with the same loss terms
-        (teacher included) and the task's per-example metrics; no file names (strings stay off accelerators).
-
-        `fit` needs a step count for a distributed dataset and keeps its iterator across epochs, so every input
-        pipeline reads the whole val split (not a share: the mean over replicas is then the mean over the
-        split) and repeats it, padded to a whole number of steps with batches of weight 0 (a network cannot
-        run on an empty batch): every epoch's evaluation is exactly one pass over the same images, on every
-        worker alike.
-        """
-        batch = max(1, val_cfg.batch_size // self.strategy.num_replicas_in_sync)  # per replica
-        local = distribute.local_replicas(self.strategy)  # one pipeline's replicas: a batch each per step
-        batches = -(-n_val // batch)
-        steps = -(-batches // local)
-
-        def make(_):
-            ds = pipeline.make_dataset(data_dir, "val", dataclasses.replace(val_cfg, batch_size=batch),
-                                       training=False, teacher_outputs=cache, log=self.log)
-            ds = ds.map(lambda x, y: (x, {**{k: v for k, v in y.items() if k != "source"},
-                                          "weight": tf.ones_like(y["label"], tf.float32)}))
-            if steps * local > batches:
-                void = ds.take(1).map(lambda x, y: (x, {**y, "weight": tf.zeros_like(y["weight"])}))
-                ds = ds.concatenate(void.repeat(steps * local - batches))
-            return ds.repeat()
-        return self.strategy.distribute_datasets_from_function(make), steps
 
     def _teacher_cache(self, stage: Stage, data_dir: str, train_cfg: pipeline.InputConfig):
         """The teacher's precomputed outputs for this stage's training images, or None (online teacher)."""
@@ -531,27 +482,6 @@ class Runner:
         elif reason:
             shutil.rmtree(self.backup_dir(stage, self.root), ignore_errors=True)
         return path
-
-    def _readable(self, data_dir: str, num_classes: Optional[int]) -> int:
-        """--skip_corrupt: reads every record once, reports what will be skipped, returns the good count."""
-        if data_dir not in self.data_problems:
-            problems, good = [], {}
-            for split in ("train", "test"):
-                found, good[split] = pipeline.scan(data_dir, split, num_classes)
-                problems += found
-            self.data_problems[data_dir] = problems
-            self._readable_counts[data_dir] = good
-            if problems:
-                self.log(f"[data] {data_dir}: --skip_corrupt: skipping {len(problems)} bad record(s) or shard "
-                         f"tail(s); {good['train']} train + {good['test']} test records readable")
-                for line in problems[:10]:
-                    self.log(f"[data]   {line}")
-                if len(problems) > 10:
-                    self.log(f"[data]   ... and {len(problems) - 10} more")
-        good = self._readable_counts[data_dir]
-        if not good["train"]:
-            raise DataError(f"{data_dir}: no readable train record")
-        return good["train"]
 
     def _save(self, stage: Stage, model: keras.Model, record: dict, artifacts: dict) -> None:
         """Weights first, record last (each via temp file + rename): a record means the weights are whole."""

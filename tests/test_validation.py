@@ -243,7 +243,7 @@ task = TASKS["classify"]
 n_val = pipeline.split_counts(cfg.data, task.batch_config(cfg, True))["val"]
 val_cfg = dataclasses.replace(task.batch_config(cfg, False), batch_size=10)  # 5 a replica
 want = sorted(int(l) for _, y in pipeline.make_dataset(cfg.data, "val", val_cfg, training=False) for l in y["label"])
-vds, steps = runner._val_dataset(cfg.data, val_cfg, None, n_val)
+vds, steps = runner.inputs.val_dataset(cfg.data, val_cfg, None, n_val)
 it, epochs = iter(vds), []
 for _ in range(3):
     labels, weights = [], []
