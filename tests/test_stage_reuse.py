@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import PAPER_RECIPE
+from keras_kd import stages
 from keras_kd.config import Config
 from keras_kd.data import synthetic
 from keras_kd.keras import keras, tf
 from keras_kd.signatures import signature_changes
-from keras_kd import stages
 from keras_kd.stages import Runner, StageError
 
 BASE = dict(image_size=32, students=(8,), cls_inits=("label",), batch_size=8, verbose=0, teacher_epochs=1,
@@ -215,14 +215,14 @@ def test_a_saved_network_is_loaded_once_per_run_and_what_a_stage_draws_does_not_
     loads, probes = [], {}
     load = Runner.load
     monkeypatch.setattr(Runner, "load", lambda self, task, name: loads.append((task, name)) or load(self, task, name))
+    real = stages.Distiller
 
     def distiller(student, *args, **kwargs):
         probe = keras.layers.Dense(4)  # draws its kernel as the Keras initializers do
         probe.build((None, 3))
         probes.setdefault(student.name, []).append(
             [*probe.kernel.numpy().ravel(), random.random(), *tf.random.uniform([2]).numpy(), *np.random.rand(2)])
-        return stages.Distiller.__wrapped__(student, *args, **kwargs)
-    distiller.__wrapped__ = stages.Distiller
+        return real(student, *args, **kwargs)
     monkeypatch.setattr(stages, "Distiller", distiller)
     kw = dict(cls_inits=("label", "select"), verbose=0)
     runner, _ = _runner(data_dir, tmp_path / "all", **kw)
