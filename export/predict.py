@@ -117,7 +117,7 @@ def _csv_fields(task: str, rec: dict) -> Dict[str, object]:
 def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, runner_factory: Callable,
         batch: int = 32) -> str:
     """Predicts every image of `images_dir`; returns the predictions.json path."""
-    from keras_kd import results as results_lib
+    from keras_kd import plots
     paths = list_images(images_dir)
     fn, used, alignment = serving_function(model_dir, task, model, runner_factory)
     align = aligner(alignment, used)
@@ -136,8 +136,8 @@ def run(images_dir: str, model_dir: str, task: str, model: str, out_dir: str, ru
             records.append(rec)
             if TASKS[task].draws_landmarks:
                 stem = os.path.splitext(os.path.basename(p))[0]
-                results_lib.draw_landmarks(img, {"predicted": np.asarray(rec["landmarks"])},
-                                           os.path.join(out_dir, f"{stem}.png"))
+                plots.draw_landmarks(img, {"predicted": np.asarray(rec["landmarks"])},
+                                     os.path.join(out_dir, f"{stem}.png"))
     path = os.path.join(out_dir, "predictions.json")
     io.write_json(path, {"task": task, "model": used, "face_align": alignment, "predictions": records})
     with open(os.path.join(out_dir, "predictions.csv"), "w", newline="") as f:

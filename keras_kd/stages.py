@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import distribute, io, results, stage_inputs, training
+from keras_kd import distribute, io, plots, results, stage_inputs, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import read_meta
@@ -518,8 +518,8 @@ class Runner:
             res.save()
             results.write_markdown(res.data, os.path.join(out_dir, "results.md"))
             results.write_methods(self.cfg.model_dir)  # <model_dir>/methods.md, across tasks
-            results.plot_history({r["name"]: r["history"] for r in records},
-                                 os.path.join(out_dir, "training_curves.png"))
+            plots.plot_history({r["name"]: r["history"] for r in records},
+                               os.path.join(out_dir, "training_curves.png"))
             stages = [s for s in self.plan(task).values() if s.evaluate]
             TASKS[task].plots({s.name: self._artifacts(s) for s in stages}, out_dir, res.models,
                               self.data_dir(task), self.cfg)

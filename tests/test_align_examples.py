@@ -16,7 +16,7 @@ def test_examples_are_spread_over_the_split():
 
 def _plot(tmp_path, monkeypatch, artifacts, true):
     drawn = {}
-    monkeypatch.setattr(align.results, "plot_alignment_examples",
+    monkeypatch.setattr(align.plots, "plot_alignment_examples",
                         lambda images, points, path: drawn.update(images=images, points=points))
 
     class DS:  # the test split in two batches

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from keras_kd import plots
 from keras_kd import results as R
 
 
@@ -171,16 +172,16 @@ def _png_ok(path):
 
 def test_plots_write_png(tmp_path):
     pytest.importorskip("matplotlib")
-    R.plot_history({"teacher/train": {"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.4]},
-                    "student_d8_label/train": {"loss": [2.5, 2.0]}}, str(tmp_path / "history.png"))
+    plots.plot_history({"teacher/train": {"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.4]},
+                        "student_d8_label/train": {"loss": [2.5, 2.0]}}, str(tmp_path / "history.png"))
     rng = np.random.default_rng(0)
-    R.plot_ced({"teacher": rng.uniform(0, 0.08, 50), "student": rng.uniform(0, 0.12, (50, 5))},
-               str(tmp_path / "ced.png"))
+    plots.plot_ced({"teacher": rng.uniform(0, 0.08, 50), "student": rng.uniform(0, 0.12, (50, 5))},
+                   str(tmp_path / "ced.png"))
     from keras_kd.metrics import roc
     same = np.arange(200) % 2 == 0
     dist = rng.normal(np.where(same, 0.5, 1.0), 0.3)
     fpr, tpr, _ = roc(dist, same)
-    R.plot_roc({"teacher": (fpr, tpr)}, str(tmp_path / "plots" / "roc.png"))
+    plots.plot_roc({"teacher": (fpr, tpr)}, str(tmp_path / "plots" / "roc.png"))
     for name in ("history.png", "ced.png", "plots/roc.png"):
         assert _png_ok(tmp_path / name), name
     assert sorted(os.listdir(tmp_path)) == ["ced.png", "history.png", "plots"]  # no temp files left

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from keras_kd import results
+from keras_kd import plots, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline, synthetic
 from keras_kd.data.example import DataError, parse_example, read_meta, shard_paths
@@ -151,8 +151,8 @@ def test_results_md_says_which_split_chose_the_best_student(tmp_path):
 
 def test_training_curves_draw_val_beside_train(tmp_path):
     path = tmp_path / "curves.png"
-    panels = results.plot_history({"s": {"loss": [2.0, 1.0], "val_loss": [2.5, 1.5], "val_nrmse": [30.0, 20.0]},
-                                   "t": {"loss": [3.0, 2.0]}}, str(path))
+    panels = plots.plot_history({"s": {"loss": [2.0, 1.0], "val_loss": [2.5, 1.5], "val_nrmse": [30.0, 20.0]},
+                                 "t": {"loss": [3.0, 2.0]}}, str(path))
     assert panels == ["loss (dashed: val)", "val_nrmse"]
     assert path.stat().st_size > 1000
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from keras_kd import metrics, results
+from keras_kd import metrics, plots, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import META_FILE, DataError
@@ -147,7 +147,7 @@ class Align(TransferTask):
         if not curves:
             return []
         path = os.path.join(out_dir, "ced.png")
-        results.plot_ced(curves, path, max_err=0.10)
+        plots.plot_ced(curves, path, max_err=0.10)
         paths = [path]
         if data_dir and cfg is not None:
             paths += self._examples_plot(artifacts, out_dir, list(models), data_dir, cfg)
@@ -193,7 +193,7 @@ class Align(TransferTask):
         s = cfg.image_size
         points = {"true": true * s, **{k: artifacts[n]["examples"] * s for k, n in shown.items()}}
         path = os.path.join(out_dir, "alignment_examples.png")
-        results.plot_alignment_examples((images * 255).round().astype(np.uint8), points, path)
+        plots.plot_alignment_examples((images * 255).round().astype(np.uint8), points, path)
         return [path]
 
 

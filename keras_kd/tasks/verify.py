@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from keras_kd import metrics, results
+from keras_kd import metrics, plots, results
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.distill import losses
@@ -103,5 +103,5 @@ class Verify(TransferTask):
         if not curves:
             return []
         path = os.path.join(out_dir, "roc.png")
-        results.plot_roc(curves, path)
+        plots.plot_roc(curves, path)
         return [path]
