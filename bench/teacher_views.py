@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from bench import common
-from export.run import config_from_run
+from export.run_config import config_from_run
 from keras_kd.data import pipeline
 from keras_kd.data.example import NUM_LANDMARKS
 from keras_kd.distill import teacher_cache
