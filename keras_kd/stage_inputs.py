@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional
 from keras_kd import distribute
 from keras_kd.config import Config
 from keras_kd.data import pipeline
-from keras_kd.data.example import DataError, read_meta
+from keras_kd.data.example import DataError
 from keras_kd.keras import tf
 
 
@@ -26,9 +26,9 @@ class StageInputs:
             lambda ctx: pipeline.make_dataset(data_dir, "train", train_cfg, training=True, input_context=ctx,
                                               teacher_outputs=cache, log=self.log))
 
-    def split_sizes(self, data_dir: str, train_cfg: pipeline.InputConfig, num_classes: Optional[int]):
-        """(train records, val records, train identities, val identities) a stage trains and validates on."""
-        meta = read_meta(data_dir)
+    def split_sizes(self, data_dir: str, meta: dict, train_cfg: pipeline.InputConfig, num_classes: Optional[int]):
+        """(train records, val records, train identities, val identities) a stage trains and validates on;
+        `meta`: the data dir's meta.json as the Runner read it."""
         n_train = self._readable(data_dir, num_classes) if self.cfg.skip_corrupt else int(meta["splits"]["train"])
         if not train_cfg.val_fraction:
             return n_train, 0, int(meta["num_classes"]), 0

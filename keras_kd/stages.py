@@ -338,7 +338,7 @@ class Runner:
         num_classes = int(meta["num_classes"]) if task.uses_labels else None
         train_cfg = task.batch_config(cfg, training=True)
         with pipeline.naming_bad_records(data_dir, num_classes):
-            n_train, n_val, train_ids, val_ids = self.inputs.split_sizes(data_dir, train_cfg, num_classes)
+            n_train, n_val, train_ids, val_ids = self.inputs.split_sizes(data_dir, meta, train_cfg, num_classes)
         if train_cfg.pk and train_cfg.pk[0] > train_ids:
             held = (f" left for training (--val_fraction={cfg.val_fraction} holds out {val_ids} more)"
                     if val_ids and pipeline.val_rule(data_dir, cfg.val_fraction).by == "identity" else "")
