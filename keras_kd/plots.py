@@ -22,8 +22,8 @@ def _figure(n_axes: int = 1, cols: int = 3):
     return fig, list(axes[:n_axes])
 
 
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
+def _save(fig, path: str, **layout) -> None:
+    fig.tight_layout(**layout)
     io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
@@ -109,5 +109,4 @@ def plot_alignment_examples(images: np.ndarray, points: dict[str, np.ndarray], p
             ax.set_axis_off()
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.4 * rows + 0.4)))
-    io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
+    _save(fig, path, rect=(0, 0, 1, 1 - 0.4 / (2.4 * rows + 0.4)))  # the legend's strip kept free
