@@ -125,8 +125,8 @@ def test_every_table_config_parses(parse, cfg):
 
 
 def test_strong_teacher_config_trains_ours_and_its_control_beside_a_teacher_of_its_own(parse):
-    """configs/strong_teacher.cfg (docs/recipe.md section 18): a longer teacher than the quick preset's, so its
-    own model_dir; Ours at α = 9 and its `none` control from the same label-only start, same epochs and rate."""
+    """configs/strong_teacher.cfg (docs/recipe.md sections 18-19): a longer teacher than the quick preset's, so its
+    own model_dir; Ours at τ = 8, α = τ², and its `none` control from the same label-only start, epochs and rate."""
     from keras_kd.tasks import TASKS
     cfg = parse(f"--flagfile={REPO / 'configs' / 'strong_teacher.cfg'}")
     assert cfg.task == "classify" and cfg.seeds == (0, 1, 2) and not flags.FLAGS.export
@@ -134,7 +134,7 @@ def test_strong_teacher_config_trains_ours_and_its_control_beside_a_teacher_of_i
     assert cfg.teacher_epochs > quick.teacher_epochs and cfg.model_dir != quick.model_dir
     plan = {s.name: s for s in TASKS["classify"].plan(cfg)}
     ours, none = plan["student_d8_label_soft"], plan["student_d8_label_none"]
-    assert ours.targets == (("soft", 9.0),) and ours.teacher == ("classify", "teacher") and none.targets == ()
+    assert ours.targets == (("soft", 64.0),) and ours.teacher == ("classify", "teacher") and none.targets == ()
     assert ours.init_from == none.init_from == ("classify", "student_d8_label")
     assert (ours.epochs, ours.lr) == (none.epochs, none.lr) == (quick.student_epochs, 1e-2)
-    assert plan["teacher"].epochs == 4 and cfg.temperature == quick.temperature == 3.0
+    assert plan["teacher"].epochs == 8 and cfg.temperature == 8.0 != quick.temperature
