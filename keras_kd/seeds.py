@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_kd import io, results
 from keras_kd.config import Config
+from keras_kd.tasks import TASKS
 
 TEACHER_PREFIX = "teacher"
 STAGE_FILES = (".weights.h5", ".eval.npz", ".json")  # the record last: it vouches for the rest
@@ -100,10 +101,71 @@ def aggregate(per_seed: Dict[int, dict]) -> dict:
             "seeds": seeds, "models": models}
 
 
+def _control_key(m: dict) -> tuple:
+    """What a student shares with its control: network, start and epochs (and the softmax head)."""
+    return results.network_of(m), m.get("init"), m.get("epochs"), bool(m.get("softmax", False))
+
+
+def paired(per_seed: Dict[int, dict], metric: str, lower_is_better: bool) -> List[dict]:
+    """Each student trained with teacher targets minus its control, seed by seed.
+
+    The control is the student of the same network, start and epochs with no teacher targets (`--methods=none`,
+    or α = β = 0): the difference is what the teacher gave, not the extra epochs. Paired by seed, because the
+    seeds move both alike (the spread of each mean hides it). ``better``: seeds where the student beat it."""
+    out = []
+    for s in sorted(per_seed):
+        students = [m for m in per_seed[s]["models"] if m.get("role") == "student" and metric in m.get("metrics", {})]
+        controls: Dict[tuple, List[dict]] = {}
+        for m in students:
+            if not m.get("targets"):
+                controls.setdefault(_control_key(m), []).append(m)
+        for m in students:
+            ctrl = controls.get(_control_key(m), [])
+            if m.get("targets") and len(ctrl) == 1:
+                out.append((s, m, ctrl[0]))
+    rows: Dict[tuple, dict] = {}
+    for s, m, c in out:
+        row = rows.setdefault((m["name"], c["name"]), {"student": m["name"], "control": c["name"], "metric": metric,
+                                                        "test": {}, "val": {}})
+        row["test"][s] = m["metrics"][metric] - c["metrics"][metric]
+        if metric in (m.get("val_metrics") or {}) and metric in (c.get("val_metrics") or {}):
+            row["val"][s] = m["val_metrics"][metric] - c["val_metrics"][metric]
+    for row in rows.values():
+        for split in ("test", "val"):
+            v = list(row[split].values())
+            row[f"{split}_mean"] = float(np.mean(v)) if v else None
+            row[f"{split}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
+        row["better"] = sum((d < 0) if lower_is_better else (d > 0) for d in row["test"].values())
+        row["test"] = {str(k): float(v) for k, v in row["test"].items()}
+        row["val"] = {str(k): float(v) for k, v in row["val"].items()}
+    return list(rows.values())
+
+
+def paired_markdown(rows: List[dict], lower_is_better: bool) -> str:
+    if not rows:
+        return ""
+    metric = rows[0]["metric"]
+    scale = results.percent_scale(metric)
+
+    def pm(mean, std):
+        return "–" if mean is None else f"{scale * mean:+.2f}" + ("" if std is None else f" ± {scale * std:.2f}")
+    body = [[r["student"], r["control"], " / ".join(f"{scale * d:+.2f}" for d in r["test"].values()),
+             f"**{pm(r['test_mean'], r['test_std'])}**", pm(r["val_mean"], r["val_std"]),
+             f"{r['better']} of {len(r['test'])}"] for r in rows]
+    head = ["student", "control", "per seed", "mean ± std", "val mean ± std", "better in"]
+    return "\n".join(["", f"## Paired by seed: {results.metric_header(metric)}, student − its control", "",
+                      "The control: the same network, start and epochs without teacher targets (`--methods=none`, "
+                      f"or α = β = 0). {'Lower' if lower_is_better else 'Higher'} is better."]
+                     + [""] + results.table(head, body)) + "\n"
+
+
 def write(model_dir: str, task: str, per_seed: Dict[int, dict], stem: str = "seeds",
           title: str = "") -> str:
-    """Writes `<model_dir>/<task>/<stem>.json|md` (mean ± std over seeds); returns the markdown."""
+    """Writes `<model_dir>/<task>/<stem>.json|md` (mean ± std over seeds, and each distilled student paired
+    with its control); returns the markdown."""
     agg = aggregate(per_seed)
+    spec = TASKS[task]
+    agg["paired"] = paired(per_seed, spec.headline, spec.lower_is_better)
     out = os.path.join(model_dir, task)
     res = results.Results(os.path.join(out, f"{stem}.json"), agg)
     res.save()
@@ -117,6 +179,6 @@ def write(model_dir: str, task: str, per_seed: Dict[int, dict], stem: str = "see
             + (f" ({teacher_note})" if teacher_note else "") + "\n\n"
             "Each cell is the mean ± sample std (ddof 1) over the seeds; per seed: "
             + ", ".join(f"{os.path.join(model_dir, f'seed{s}', task)}/" for s in sorted(per_seed)) + "\n\n")
-    text = head + text
+    text = head + text + paired_markdown(agg["paired"], spec.lower_is_better)
     io.write_text(md_path, text)
     return text

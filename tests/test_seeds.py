@@ -58,6 +58,36 @@ def test_seeds_markdown_shows_mean_and_std_and_says_the_teacher_is_shared(tmp_pa
     assert json.loads((tmp_path / "classify" / "seeds.json").read_text())["seeds"] == [0, 1]
 
 
+def _with_control(seed, ours, none, label=0.3):
+    res = _results(seed, ours)
+    res["models"] += [dict(_record("student_d8_label_none", top1=none), targets=[], seed=seed),
+                      dict(_record("student_d8_label", top1=label), init="scratch", targets=[], seed=seed)]
+    for m in res["models"]:
+        m.update(epochs=2, val_metrics={"top1": m["metrics"]["top1"] + 0.01})
+    return res
+
+
+def test_each_distilled_student_is_paired_by_seed_with_its_control(tmp_path):
+    """Ours − none per seed (issue #15's measure): the control shares network, start and epochs; the label-only
+    student (another start) and a student of other epochs are not paired."""
+    per_seed = {0: _with_control(0, 0.80, 0.72), 1: _with_control(1, 0.75, 0.76), 2: _with_control(2, 0.79, 0.73)}
+    per_seed[2]["models"].append(dict(_record("student_d8_label_soft_long", top1=0.9), epochs=4, seed=2))
+    rows = seeds.paired(per_seed, "top1", lower_is_better=False)
+    assert [(r["student"], r["control"]) for r in rows] == [("student_d8_label_soft", "student_d8_label_none")]
+    row = rows[0]
+    assert row["test"] == pytest.approx({"0": 0.08, "1": -0.01, "2": 0.06})
+    assert row["test_mean"] == pytest.approx(0.13 / 3) and row["test_std"] == pytest.approx(0.04725, abs=1e-5)
+    assert row["val_mean"] == pytest.approx(0.13 / 3) and row["better"] == 2
+    assert seeds.paired(per_seed, "top1", lower_is_better=True)[0]["better"] == 1
+    text = seeds.write(str(tmp_path), "classify", per_seed)
+    assert "| student_d8_label_soft | student_d8_label_none | +8.00 / -1.00 / +6.00 | **+4.33 ± 4.73** |" in text
+    assert "2 of 3" in text
+    assert json.loads((tmp_path / "classify" / "seeds.json").read_text())["paired"][0]["better"] == 2
+    # Two controls of one key (an ambiguous pairing) give no row.
+    per_seed[0]["models"].append(dict(_record("student_d8_label_other", top1=0.7), targets=[], epochs=2))
+    assert [r["test"] for r in seeds.paired(per_seed, "top1", False)][0].keys() == {"1", "2"}
+
+
 def test_share_teachers_copies_finished_teachers_only(tmp_path):
     src, dst = tmp_path / "seed0", tmp_path / "seed1"
     stages = src / "align" / "stages"
