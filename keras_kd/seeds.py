@@ -112,7 +112,7 @@ def paired(per_seed: Dict[int, dict], metric: str, lower_is_better: bool) -> Lis
     The control is the student of the same network, start and epochs with no teacher targets (`--methods=none`,
     or α = β = 0): the difference is what the teacher gave, not the extra epochs. Paired by seed, because the
     seeds move both alike (the spread of each mean hides it). ``better``: seeds where the student beat it."""
-    out = []
+    pairs = []
     for s in sorted(per_seed):
         students = [m for m in per_seed[s]["models"] if m.get("role") == "student" and metric in m.get("metrics", {})]
         controls: Dict[tuple, List[dict]] = {}
@@ -122,9 +122,9 @@ def paired(per_seed: Dict[int, dict], metric: str, lower_is_better: bool) -> Lis
         for m in students:
             ctrl = controls.get(_control_key(m), [])
             if m.get("targets") and len(ctrl) == 1:
-                out.append((s, m, ctrl[0]))
+                pairs.append((s, m, ctrl[0]))
     rows: Dict[tuple, dict] = {}
-    for s, m, c in out:
+    for s, m, c in pairs:
         row = rows.setdefault((m["name"], c["name"]), {"student": m["name"], "control": c["name"], "metric": metric,
                                                         "test": {}, "val": {}})
         row["test"][s] = m["metrics"][metric] - c["metrics"][metric]
