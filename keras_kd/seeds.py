@@ -112,7 +112,7 @@ def paired(per_seed: Dict[int, dict], metric: str, lower_is_better: bool) -> Lis
     The control is the student of the same network, start and epochs with no teacher targets (`--methods=none`,
     or α = β = 0): the difference is what the teacher gave, not the extra epochs. Paired by seed, because the
     seeds move both alike (the spread of each mean hides it). ``better``: seeds where the student beat it."""
-    pairs = []
+    rows: Dict[tuple, dict] = {}
     for s in sorted(per_seed):
         students = [m for m in per_seed[s]["models"] if m.get("role") == "student" and metric in m.get("metrics", {})]
         controls: Dict[tuple, List[dict]] = {}
@@ -121,23 +121,20 @@ def paired(per_seed: Dict[int, dict], metric: str, lower_is_better: bool) -> Lis
                 controls.setdefault(_control_key(m), []).append(m)
         for m in students:
             ctrl = controls.get(_control_key(m), [])
-            if m.get("targets") and len(ctrl) == 1:
-                pairs.append((s, m, ctrl[0]))
-    rows: Dict[tuple, dict] = {}
-    for s, m, c in pairs:
-        row = rows.setdefault((m["name"], c["name"]), {"student": m["name"], "control": c["name"], "metric": metric,
-                                                        "test": {}, "val": {}})
-        row["test"][s] = m["metrics"][metric] - c["metrics"][metric]
-        if metric in (m.get("val_metrics") or {}) and metric in (c.get("val_metrics") or {}):
-            row["val"][s] = m["val_metrics"][metric] - c["val_metrics"][metric]
+            if not m.get("targets") or len(ctrl) != 1:
+                continue
+            c = ctrl[0]
+            row = rows.setdefault((m["name"], c["name"]), {"student": m["name"], "control": c["name"],
+                                                            "metric": metric, "test": {}, "val": {}})
+            row["test"][str(s)] = float(m["metrics"][metric] - c["metrics"][metric])
+            if metric in (m.get("val_metrics") or {}) and metric in (c.get("val_metrics") or {}):
+                row["val"][str(s)] = float(m["val_metrics"][metric] - c["val_metrics"][metric])
     for row in rows.values():
         for split in ("test", "val"):
             v = list(row[split].values())
             row[f"{split}_mean"] = float(np.mean(v)) if v else None
             row[f"{split}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
         row["better"] = sum((d < 0) if lower_is_better else (d > 0) for d in row["test"].values())
-        row["test"] = {str(k): float(v) for k, v in row["test"].items()}
-        row["val"] = {str(k): float(v) for k, v in row["val"].items()}
     return list(rows.values())
 
 
