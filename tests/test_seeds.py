@@ -155,16 +155,17 @@ def test_every_table_config_parses(parse, cfg):
 
 
 def test_strong_teacher_config_trains_ours_and_its_control_beside_a_teacher_of_its_own(parse):
-    """configs/strong_teacher.cfg (docs/recipe.md sections 18-19): a longer teacher than the quick preset's, so its
-    own model_dir; Ours at τ = 8, α = τ², and its `none` control from the same label-only start, epochs and rate."""
+    """configs/strong_teacher.cfg (docs/recipe.md sections 18-20): a longer teacher than the quick preset's, so its
+    own model_dir; Ours at τ = 8, α = τ², + K at β = 1, and its `none` control from the same label-only start,
+    epochs and rate."""
     from keras_kd.tasks import TASKS
     cfg = parse(f"--flagfile={REPO / 'configs' / 'strong_teacher.cfg'}")
     assert cfg.task == "classify" and cfg.seeds == (0, 1, 2) and not flags.FLAGS.export
     quick = parse()
     assert cfg.teacher_epochs > quick.teacher_epochs and cfg.model_dir != quick.model_dir
     plan = {s.name: s for s in TASKS["classify"].plan(cfg)}
-    ours, none = plan["student_d8_label_soft"], plan["student_d8_label_none"]
-    assert ours.targets == (("soft", 64.0),) and ours.teacher == ("classify", "teacher") and none.targets == ()
+    ours, none = plan["student_d8_label_soft64_hidden"], plan["student_d8_label_none"]
+    assert ours.targets == (("soft", 64.0), ("hidden", 1.0)) and ours.teacher == ("classify", "teacher") and none.targets == ()
     assert ours.init_from == none.init_from == ("classify", "student_d8_label")
     assert (ours.epochs, ours.lr) == (none.epochs, none.lr) == (quick.student_epochs, 1e-2)
     assert plan["teacher"].epochs == 8 and cfg.temperature == 8.0 != quick.temperature
