@@ -16,7 +16,7 @@ import sys
 import time
 
 BENCHES = ("train_step", "input_pipeline", "flops", "precision", "export_latency", "scaling", "breakdown",
-           "optimizations", "conv_grad", "archs", "int8_ops", "teacher_precision")
+           "optimizations", "conv_grad", "archs", "int8_ops", "teacher_precision", "threads")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
