@@ -39,10 +39,10 @@ def thread_defaults(n: Optional[int] = None) -> Dict[str, str]:
     """TensorFlow's thread-pool sizes (its TF_NUM_*_THREADS variables) for a machine of `n` cores.
 
     On FEW_CORES or fewer: one thread per op and two for independent ops (a convolution's input and weight
-    gradients run side by side). Split over two cores, the students' thin convolutions wait on each other
-    more than they compute: their train steps ran 1.45-1.7x faster so, the ResNet-50 teacher's within 5 %
-    (`python -m bench.threads`). On more cores TensorFlow's defaults (not measured here); variables the
-    user set are kept (keras_kd/keras.py only sets what is unset).
+    gradients still run side by side). Split over two cores, the students' thin convolutions wait on each
+    other more than they compute, while the teacher's gain nothing (`python -m bench.threads`, bench/RESULTS.md
+    section 14). On more cores TensorFlow's own sizes (not measured). keras_kd/keras.py sets only what the user
+    left unset.
     """
     if (cores() if n is None else n) > FEW_CORES:
         return {}
