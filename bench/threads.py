@@ -31,12 +31,15 @@ OURS, THEIRS = SETTINGS
 
 
 def child(size: int, batch: int, steps: int, blocks: Tuple[int, ...]) -> Dict[str, float]:
-    """Seconds per call of each step, in this process's thread pools."""
+    """Seconds per call of each step, in this process's thread pools (and the Conv2D input gradient training
+    installs, as the parent's header says)."""
+    from keras_kd import conv_grad
     from keras_kd.distill import losses
     from keras_kd.distill.distiller import Distiller
     from keras_kd.keras import keras, tf
     from keras_kd.models import archs, precision
 
+    conv_grad.install()
     classes = common.QUICK_CLASSES
     x, y = common.random_batch(batch, size, classes)
     y["landmarks"] = tf.random.uniform((batch, 5, 2), seed=0)
