@@ -56,11 +56,12 @@ def child(size: int, batch: int, steps: int, blocks: Tuple[int, ...]) -> Dict[st
         d.compile(keras.optimizers.AdamW(1e-3))
         return d
 
-    teacher = build(1, compute=precision.resolve("auto"))
+    teacher_compute = precision.resolve("auto")
+    teacher = build(1, compute=teacher_compute)
     cases = {
         "/8 label-only step": compiled(Distiller(build(8), task_loss=common.ce)),
         "/8 alignment step (spatial head)": compiled(Distiller(build(8, ("landmarks",)), task_loss=align)),
-        "teacher train step": compiled(Distiller(build(1, compute=precision.resolve("auto")), task_loss=common.ce)),
+        "teacher train step": compiled(Distiller(build(1, compute=teacher_compute), task_loss=common.ce)),
         "/8 \"Ours\" step, teacher online": compiled(Distiller(build(8), teacher, task_loss=common.ce,
                                                                 targets=[("soft", 1.0)])),
     }
