@@ -12,6 +12,11 @@ The converter fuses some forms into one op (PRELU, HARD_SWISH) that XNNPACK has 
 op runs on the reference kernel, between delegated partitions. ``export`` marks the form the exporter writes
 (export.int8_ops). Each form is checked against its reference in float before it is timed.
 The students are bench.archs' (freshly built, PReLU slopes 0.25), converted by bench.archs.lite.
+
+Last, a floor (``--floor_sizes``): MobileFaceNet's int8 file as exported, and again with every PReLU replaced by
+ReLU (which the converter fuses into the convolution before it: what the activations would cost if they were
+free), each against ResNet-50/4's, the ResNet student of similar size, in alternating rounds. It says how much
+of MobileFaceNet's int8 time any way of writing its activation could remove.
 """
 from __future__ import annotations
 
@@ -158,6 +163,45 @@ def students(size: int, runs: int, rounds: int, tmp: str) -> list:
                 for k in ("int8_s", "fp32_s")}} for n in nets]
 
 
+def with_relu(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with the same weights whose PReLU layers are ReLU (for timing, not for serving)."""
+    def clone(layer):
+        if isinstance(layer, keras.layers.PReLU):
+            return keras.layers.ReLU(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    copy._name = model.name + "_relu"
+    return copy
+
+
+def floor(size: int, runs: int, rounds: int, tmp: str) -> list:
+    """Median int8 seconds of ResNet-50/4, MobileFaceNet as exported and MobileFaceNet with ReLU, alternating."""
+    nets = {n["tag"]: n for n in archs.networks([4]) if n["tag"] in ("d4", "mbf")}
+    times: Dict[str, list] = {"d4": [], "mbf": [], "mbf_relu": []}
+    for r in range(rounds):
+        for key in times:
+            model = archs.build(nets[key.split("_")[0]], size)
+            model._name = f"floor_{key}_{r}"
+            times[key].append(archs.lite(with_relu(model) if key == "mbf_relu" else model, size, tmp, runs)["int8_s"])
+            print(f"# floor {key}@{size}: int8 {1e3 * times[key][-1]:.3f} ms; {common.load()}", flush=True)
+    names = {"d4": "ResNet-50/4", "mbf": "MobileFaceNet (as exported)", "mbf_relu": "MobileFaceNet, PReLU → ReLU"}
+    return [{"key": k, "net": names[k], "size": size, "rounds": rounds, "int8_s": statistics.median(v)}
+            for k, v in times.items()]
+
+
+def floor_report(rows) -> tuple:
+    ref = {r["size"]: r["int8_s"] for r in rows if r["key"] == "d4"}
+    lines = [[r["net"], r["size"], f"{1e3 * r['int8_s']:.3f}", f"{r['int8_s'] / ref[r['size']]:.2f}"] for r in rows]
+    text = common.table(["network", "input", "int8 ms (1 thread)", "÷ ResNet-50/4's"], lines)
+    line = "RATIO int8_ops floor: int8 latency ÷ ResNet-50/4's: " + ", ".join(
+        f"{r['key']}@{r['size']} {r['int8_s'] / ref[r['size']]:.2f}" for r in rows if r["key"] != "d4")
+    return text, line
+
+
 def students_report(rows) -> tuple:
     lines = [[r["net"], r["size"], f"{1e3 * r['before_int8_s']:.3f}", f"{1e3 * r['after_int8_s']:.3f}",
               f"{r['before_int8_s'] / r['after_int8_s']:.1f}", f"{1e3 * r['after_fp32_s']:.3f}"] for r in rows]
@@ -184,7 +228,8 @@ def main(argv=None) -> list:
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--runs", type=int, default=50, help="LiteRT invocations per file (median, after 3 warm-up)")
     p.add_argument("--forms", default=",".join(FORMS))
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the students (0: none)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the students and the floor (0: none)")
+    p.add_argument("--floor_sizes", default="48,112", help="input sizes of the floor ('': none)")
     args = p.parse_args(argv)
     common.header("int8_ops")
     x = np.random.default_rng(1).uniform(0, 1, (4, args.size, args.size, 3)).astype(np.float32)
@@ -197,6 +242,8 @@ def main(argv=None) -> list:
             print(f"# {form}: int8 {1e3 * r['int8_s']:.3f} ms, fp32 {1e3 * r['fp32_s']:.3f} ms; {common.load()}",
                   flush=True)
         nets = students(args.size, args.runs, args.rounds, tmp) if args.rounds > 0 else []
+        floors = [row for size in args.floor_sizes.split(",") if size and args.rounds > 0
+                  for row in floor(int(size), args.runs, args.rounds, tmp)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text, line = report(rows)
@@ -208,10 +255,15 @@ def main(argv=None) -> list:
         print()
         print(text)
         lines.append(line)
-    common.write_json(args.json, "int8_ops", {"forms": rows, "students": nets})
+    if floors:
+        text, line = floor_report(floors)
+        print()
+        print(text)
+        lines.append(line)
+    common.write_json(args.json, "int8_ops", {"forms": rows, "students": nets, "floor": floors})
     common.footer()
     print("\n".join(lines))
-    return rows + nets
+    return rows + nets + floors
 
 
 if __name__ == "__main__":

@@ -37,3 +37,28 @@ def test_without_rewrites_restores_the_exporter():
     with int8_ops.without_rewrites():
         assert rewrites.rewrite is not rewrite and rewrites.rewrite("model") == "model"
     assert rewrites.rewrite is rewrite
+
+
+def test_with_relu_keeps_the_weights_and_is_prelu_with_zero_slopes():
+    from keras_kd.keras import keras
+    from keras_kd.models import archs
+    keras.utils.set_random_seed(0)
+    model = archs.build_model("mobilefacenet", 1, 32, 5, name="mbf")
+    copy = int8_ops.with_relu(model)
+    assert not any(isinstance(layer, keras.layers.PReLU) for layer in copy.layers)
+    assert sum(isinstance(layer, keras.layers.ReLU) for layer in copy.layers) == sum(
+        isinstance(layer, keras.layers.PReLU) for layer in model.layers) > 0
+    for layer in model.layers:  # a PReLU with every slope 0 is ReLU
+        if isinstance(layer, keras.layers.PReLU):
+            layer.set_weights([np.zeros_like(layer.get_weights()[0])])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(copy(x)["logits"].numpy(), model(x)["logits"].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_floor_report_divides_by_resnet_d4_at_each_size():
+    rows = [{"key": k, "net": k, "size": size, "rounds": 2, "int8_s": s}
+            for size, scale in ((48, 1.0), (112, 4.0))
+            for k, s in (("d4", 0.0002 * scale), ("mbf", 0.0005 * scale), ("mbf_relu", 0.0004 * scale))]
+    text, line = int8_ops.floor_report(rows)
+    assert "| mbf_relu | 112 | 1.600 | 2.00 |" in text
+    assert line.endswith("mbf@48 2.50, mbf_relu@48 2.00, mbf@112 2.50, mbf_relu@112 2.00")
