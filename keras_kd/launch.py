@@ -20,6 +20,8 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
+from keras_kd import cpu
+
 
 def free_ports(n: int) -> List[int]:
     """n distinct ports the OS reports free on 127.0.0.1 (held open together, so they differ)."""
@@ -58,8 +60,8 @@ def launch(command: Sequence[str], workers: int = 2, python: Optional[str] = Non
     procs, pumps = [], []
     for i in range(workers):
         e = dict(env if env is not None else os.environ, TF_CONFIG=tf_config(addresses, i), PYTHONUNBUFFERED="1")
-        # Each worker gets its share of the cores: two TF processes each using all cores thrash.
-        e.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        # Each worker gets its share of the cores it may run on: two TF processes each using all cores thrash.
+        e.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, cpu.cores() // workers)))
         p = subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
         procs.append(p)

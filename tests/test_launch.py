@@ -27,6 +27,20 @@ def test_each_worker_gets_its_own_tf_config_and_strategy(tmp_path):
     assert lines == [f"[worker {i}] {i} ['--x=1', '--strategy=multi_worker']" for i in range(3)]
 
 
+
+def test_workers_share_the_cores_the_process_may_run_on(tmp_path, monkeypatch):
+    import os
+    script = tmp_path / "threads.py"
+    script.write_text("import os\nprint(os.environ['TF_NUM_INTRAOP_THREADS'])\n")
+    monkeypatch.setattr(launch.cpu, "cores", lambda: 8)  # a cpuset of 8 cores, whatever os.cpu_count() says
+    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    out = io.StringIO()
+    assert launch.launch([str(script)], workers=2, env=env, out=out) == 0
+    assert sorted(out.getvalue().splitlines()) == ["[worker 0] 4", "[worker 1] 4"]
+    out = io.StringIO()  # the user's own setting is kept
+    assert launch.launch([str(script)], workers=2, env=dict(env, TF_NUM_INTRAOP_THREADS="3"), out=out) == 0
+    assert sorted(out.getvalue().splitlines()) == ["[worker 0] 3", "[worker 1] 3"]
+
 def test_a_failing_worker_stops_the_others_and_its_code_is_returned(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text("import json, os, sys, time\n"
