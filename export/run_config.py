@@ -13,7 +13,7 @@ from keras_kd.stages import CONFIG_FILE
 
 from export.saved_model import ExportError
 
-_RUN_ONLY = ("model_dir", "task", "strategy", "overwrite")  # how and where that run ran, not what it trained
+_RUN_ONLY = ("model_dir", "task", "strategy", "parallel_stages", "overwrite")  # how and where that run ran, not what it trained
 
 
 def config_from_run(model_dir: str, task: str, data: str = "", cls_data: str = "", **overrides) -> Config:

@@ -25,6 +25,7 @@ class Config:
     seed: int = 0
     overwrite: bool = False
     strategy: str = "auto"
+    parallel_stages: str = "auto"         # auto | off: two stages at once on a 2-core CPU (keras_kd/lanes.py)
     verbose: int = 1
     backup_steps: int = 0                  # back up training state every N steps; 0 = at each epoch end
     skip_corrupt: bool = False             # skip (and count) corrupt records instead of stopping

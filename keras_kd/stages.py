@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from keras_kd import distribute, io, plots, results, stage_inputs, training
+from keras_kd import distribute, io, lanes, plots, results, stage_inputs, training
 from keras_kd.config import Config
 from keras_kd.data import pipeline
 from keras_kd.data.example import read_meta
@@ -176,14 +176,8 @@ class Runner:
         task, name = stage.task, stage.name
         if self.external is not None and stage.role == "teacher":
             return self._external_record(stage)
-        record_path = self.path(stage, ".json")
-        if os.path.exists(record_path) and os.path.exists(self.path(stage, ".weights.h5")) \
-                and not self.cfg.overwrite:
-            with open(record_path) as f:
-                record = json.load(f)
-            self._check_compatible(stage, record)
-            self._check_same_teacher(stage, record)
-            self._check_signature(stage, record)
+        if self.saved(stage) and not self.cfg.overwrite:
+            record = self.read_saved(stage)
             self.log(f"[stage] {task}/{name}: reusing {self.path(stage, '.weights.h5')} "
                      f"({_fmt(record.get('metrics', {}))})")
             return record
@@ -191,6 +185,32 @@ class Runner:
             if dep is not None:
                 self.ensure(*dep)
         return self._train(stage)
+
+    def recorded(self, task: str, name: str) -> bool:
+        return (task, name) in self._records
+
+    def adopt(self, task: str, name: str) -> dict:
+        """The saved record of a stage another process trained (and of its upstream stages), taken as this
+        Runner's own: read and checked like a reused one, not logged (keras_kd/lanes.py)."""
+        if (task, name) not in self._records:
+            stage = self.stage(task, name)
+            for dep in (stage.init_from, stage.teacher):
+                if dep is not None:
+                    self.adopt(*dep)
+            self._records[task, name] = self.read_saved(stage)
+        return self._records[task, name]
+
+    def saved(self, stage: Stage) -> bool:
+        return os.path.exists(self.path(stage, ".json")) and os.path.exists(self.path(stage, ".weights.h5"))
+
+    def read_saved(self, stage: Stage) -> dict:
+        """The saved stage's record, refused in one line when it does not fit the current flags."""
+        with open(self.path(stage, ".json")) as f:
+            record = json.load(f)
+        self._check_compatible(stage, record)
+        self._check_same_teacher(stage, record)
+        self._check_signature(stage, record)
+        return record
 
     def _check_compatible(self, stage: Stage, record: dict) -> None:
         want = {"image_size": self.cfg.image_size, "num_classes": self.num_classes,
@@ -506,6 +526,7 @@ class Runner:
 
     def run(self, task: str) -> dict:
         """Every stage of the task's experiment, then its results.json, results.md and plots."""
+        lanes.train(self, task)  # on two cores, independent stages side by side; then all are in _records
         records = [self.ensure(task, name) for name in self.plan(task)]
         out_dir = os.path.join(self.cfg.model_dir, task)
         res = results.Results.load(os.path.join(out_dir, "results.json"))

@@ -224,7 +224,7 @@ def test_a_saved_network_is_loaded_once_per_run_and_what_a_stage_draws_does_not_
             [*probe.kernel.numpy().ravel(), random.random(), *tf.random.uniform([2]).numpy(), *np.random.rand(2)])
         return real(student, *args, **kwargs)
     monkeypatch.setattr(stages, "Distiller", distiller)
-    kw = dict(cls_inits=("label", "select"), verbose=0)
+    kw = dict(cls_inits=("label", "select"), verbose=0, parallel_stages="off")  # every stage in this process
     runner, _ = _runner(data_dir, tmp_path / "all", **kw)
     runner.run("classify")
     assert list(runner.plan("classify")) == ["teacher", "student_d8_label", "student_d8_label_soft",
