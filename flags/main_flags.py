@@ -56,8 +56,8 @@ flags.DEFINE_enum("strategy", _d("strategy"), list(STRATEGIES),
                   "mirrored, multi_worker (reads TF_CONFIG; python -m keras_kd.launch tries it locally), tpu.")
 flags.DEFINE_enum("parallel_stages", _d("parallel_stages"), ["auto", "off"],
                   "auto: on a CPU-only machine of 2 cores, stages that do not need each other train side by side, "
-                  "one in this process and one in a child process (the same results; the second core is otherwise "
-                  "a third idle). off: one after another.")
+                  "one in this process and one in a child process (each stage seeds itself: results as one after "
+                  "another, up to run-to-run noise; the second core is otherwise a third idle). off: one after another.")
 flags.DEFINE_integer("backup_steps", _d("backup_steps"),
                      "Back up the training state every N steps (0: at each epoch end); "
                      "a killed run resumes from the last backup when the same command is run again.",
