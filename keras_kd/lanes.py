@@ -46,10 +46,8 @@ def order(runner, task: str) -> List[tuple]:
     def visit(ref):
         if ref not in seen:
             seen.add(ref)
-            stage = runner.stage(*ref)
-            for dep in (stage.init_from, stage.teacher):
-                if dep is not None:
-                    visit(tuple(dep))
+            for dep in needs(runner, ref):
+                visit(dep)
             out.append(ref)
 
     for name in runner.plan(task):
@@ -58,8 +56,7 @@ def order(runner, task: str) -> List[tuple]:
 
 
 def needs(runner, ref) -> List[tuple]:
-    stage = runner.stage(*ref)
-    return [tuple(d) for d in (stage.init_from, stage.teacher) if d is not None]
+    return runner.stage(*ref).needs
 
 
 def train(runner, task: str) -> None:

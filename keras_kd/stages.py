@@ -181,9 +181,8 @@ class Runner:
             self.log(f"[stage] {task}/{name}: reusing {self.path(stage, '.weights.h5')} "
                      f"({_fmt(record.get('metrics', {}))})")
             return record
-        for dep in (stage.init_from, stage.teacher):
-            if dep is not None:
-                self.ensure(*dep)
+        for dep in stage.needs:
+            self.ensure(*dep)
         return self._train(stage)
 
     def recorded(self, task: str, name: str) -> bool:
@@ -194,9 +193,8 @@ class Runner:
         Runner's own: read and checked like a reused one, not logged (keras_kd/lanes.py)."""
         if (task, name) not in self._records:
             stage = self.stage(task, name)
-            for dep in (stage.init_from, stage.teacher):
-                if dep is not None:
-                    self.adopt(*dep)
+            for dep in stage.needs:
+                self.adopt(*dep)
             self._records[task, name] = self.read_saved(stage)
         return self._records[task, name]
 

@@ -28,7 +28,7 @@ for line in sys.stdin:
 
 
 def S(task, name, init_from=None, teacher=None):
-    return SimpleNamespace(task=task, name=name, init_from=init_from, teacher=teacher)
+    return SimpleNamespace(task=task, name=name, needs=[d for d in (init_from, teacher) if d is not None])
 
 
 # The align plan's shape: teachers, a Pretrain chain and a Distill chain through classification students.

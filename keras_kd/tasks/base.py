@@ -53,6 +53,11 @@ class Stage:
         return dict(self.targets).get(target, 0.0)
 
     @property
+    def needs(self) -> List[StageRef]:
+        """The stages trained before this one: its init and its teacher (named even where no term reads it)."""
+        return [tuple(d) for d in (self.init_from, self.teacher) if d is not None]
+
+    @property
     def distilled_from(self) -> Optional[StageRef]:
         """The teacher this stage reads: a transfer stage with α = β = 0 names one but has no term using it."""
         return self.teacher if self.targets else None
