@@ -40,7 +40,8 @@ PLAN = {"align": ["teacher", "pre", "pre_a0b1", "dis_a0b1"]}
 
 
 class FakeRunner:
-    """What lanes reads of a Runner; `ensure` trains in 0.3 s and checks its needs were read first."""
+    """What lanes reads of a Runner; `ensure` trains in 0.3 s and checks its needs were read first. Its first
+    stage waits until the child has taken one, so both lanes get work however loaded the machine is."""
 
     def __init__(self, log, cfg=None):
         self.cfg, self.log_path, self.lines = cfg or Config(), log, []
@@ -72,6 +73,11 @@ class FakeRunner:
 
     def ensure(self, task, name):
         assert all(d in self._records for d in lanes.needs(self, (task, name)))
+        if not self._records:  # the first stage waits for the child's first move, however slowly it starts
+            for _ in range(600):
+                if "start child" in open(self.log_path).read() or any("boom" in line for line in self.lines):
+                    break
+                time.sleep(0.1)
         with open(self.log_path, "a") as f:
             f.write(f"start parent {task}/{name}\n")
         time.sleep(0.3)
